@@ -1,0 +1,247 @@
+"""GenTronPipeline: text → image (and video) sampling with diffusers schedulers.
+
+Components follow diffusers' PixArt-α pipeline: ``transformer``, ``scheduler``, up to three text
+encoders (``text_encoder``/``tokenizer``, ``_2``, ``_3``; GenTron uses CLIP + Flan-T5), optional
+``vae`` (pixel space when absent). How each text encoder's output is read (CLIP pooler, masked mean, …)
+is recorded in the pipeline config as ``text_encoder_kinds`` / ``text_max_lengths``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from gentron.diffusion import DiffusionConfig, cfg_combine, make_scheduler, split_model_output
+from gentron.text import TextEmbedding, TextEncoder
+
+_SLOTS = ("", "_2", "_3")
+
+
+class GenTronPipelineOutput(BaseOutput):
+    images: Any  # list of PIL images, or a numpy array (N, H, W, 3) in [0, 1], or a tensor
+
+
+class GenTronPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
+    _optional_components = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                            "text_encoder_3", "tokenizer_3", "vae"]
+
+    def __init__(
+        self,
+        transformer,
+        scheduler,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        vae=None,
+        text_encoder_kinds: Optional[Sequence[str]] = None,
+        text_max_lengths: Optional[Sequence[int]] = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3,
+            tokenizer_3=tokenizer_3, vae=vae,
+        )
+        self.register_to_config(
+            text_encoder_kinds=list(text_encoder_kinds or []), text_max_lengths=list(text_max_lengths or [])
+        )
+        self._encoders: Optional[list[TextEncoder]] = None
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_parts(
+        cls,
+        transformer,
+        text_encoders: Sequence[TextEncoder],
+        diffusion: DiffusionConfig,
+        sampler: str = "dpm",
+        vae=None,
+    ) -> "GenTronPipeline":
+        """Assemble a pipeline from gentron objects (what the trainer exports)."""
+        if len(text_encoders) > len(_SLOTS):
+            raise ValueError(f"at most {len(_SLOTS)} text encoders are supported, got {len(text_encoders)}")
+        parts: dict[str, Any] = {}
+        for slot, enc in zip(_SLOTS, text_encoders):
+            model, tokenizer = enc.components()
+            parts[f"text_encoder{slot}"] = model
+            parts[f"tokenizer{slot}"] = tokenizer
+        pipe = cls(
+            transformer=transformer,
+            scheduler=make_scheduler(sampler, diffusion),
+            vae=vae,
+            text_encoder_kinds=[e.kind for e in text_encoders],
+            text_max_lengths=[e.max_length for e in text_encoders],
+            **parts,
+        )
+        pipe._encoders = list(text_encoders)
+        return pipe
+
+    def set_sampler(self, name: str) -> None:
+        """Swap the scheduler for another diffusers one with the same noise schedule (dpm|ddim|ddpm|sa)."""
+        from gentron.diffusion import diffusion_config_from_scheduler
+
+        self.scheduler = make_scheduler(name, diffusion_config_from_scheduler(self.scheduler))
+
+    @property
+    def text_encoders(self) -> list[TextEncoder]:
+        if self._encoders is None:
+            encs = []
+            for slot, kind, max_len in zip(_SLOTS, self.config.text_encoder_kinds, self.config.text_max_lengths):
+                model, tok = getattr(self, f"text_encoder{slot}"), getattr(self, f"tokenizer{slot}")
+                if model is None:
+                    raise ValueError(f"pipeline config lists text encoder {kind!r} but text_encoder{slot} is missing")
+                encs.append(TextEncoder.from_components(model, tok, kind=kind, max_length=max_len))
+            self._encoders = encs
+        return self._encoders
+
+    # -- text ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], device: torch.device) -> list[TextEmbedding]:
+        return [enc.encode(prompts, device=device) for enc in self.text_encoders]
+
+    # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, list[str], None] = None,
+        negative_prompt: Union[str, list[str], None] = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.5,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_images_per_prompt: int = 1,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        class_labels: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        progress: bool = True,
+    ):
+        """Sample images. Guidance batches the conditional and unconditional branches in one forward.
+
+        Args:
+            prompt: text prompt(s); ``negative_prompt`` replaces the empty prompt of the unconditional
+                branch (classifier-free guidance).
+            guidance_scale: CFG scale; ≤ 1 runs the conditional branch only.
+            height / width: output size in pixels (default: the model's training size).
+            output_type: "pil" (list of PIL images), "np" (N, H, W, 3 in [0, 1]) or "pt" ([-1, 1]).
+        """
+        model = self.transformer
+        device = model.device
+        mode = model.config.conditioning
+        if mode == "class":
+            if class_labels is None:
+                raise ValueError("this is a class-conditional model: pass class_labels")
+            prompts = [str(int(c)) for c in class_labels.reshape(-1).tolist()]
+        else:
+            if prompt is None:
+                raise ValueError("prompt is required")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        n = len(prompts)
+        negatives = [""] * n
+        if negative_prompt is not None:
+            neg = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(neg) not in (1, len(prompts) // num_images_per_prompt):
+                raise ValueError("negative_prompt must be one string or one per prompt")
+            neg = neg * (len(prompts) // num_images_per_prompt) if len(neg) == 1 else neg
+            negatives = [p for p in neg for _ in range(num_images_per_prompt)]
+        guided = guidance_scale > 1.0
+
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        size = model.config.sample_size * factor
+        height, width = height or size, width or size
+        p = model.config.patch_size * factor
+        if height % p or width % p:
+            raise ValueError(f"height and width must be multiples of {p}, got {height}x{width}")
+        shape = (n, model.config.in_channels, height // factor, width // factor)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        latents = latents.to(device=device, dtype=torch.float32)
+
+        cond_kwargs: dict[str, Any] = {}
+        if mode == "class":
+            labels = class_labels.reshape(-1).repeat_interleave(num_images_per_prompt).to(device)
+            if guided:
+                labels = torch.cat([labels, torch.full_like(labels, model.config.num_classes)])
+            cond_kwargs["class_labels"] = labels
+        else:
+            texts = self.encode_prompt(prompts + negatives if guided else prompts, device)
+            tokens = tuple(e.tokens for e in texts)
+            masks = tuple(e.mask for e in texts)
+            cond_kwargs["pooled_projections"] = tuple(e.pooled for e in texts)
+            if mode in ("cross-attn", "adaln-single"):
+                # Text keys/values are constant over the denoising steps: project them once.
+                cond_kwargs["added_cond_kwargs"] = {"text_kv": model.precompute_text_kv(tokens, masks)}
+            if model.config.micro_conditions:
+                b = 2 * n if guided else n
+                cond_kwargs.setdefault("added_cond_kwargs", {}).update(
+                    resolution=torch.tensor([[height, width]], device=device, dtype=torch.float32).repeat(b, 1),
+                    aspect_ratio=torch.tensor([[height / width]], device=device, dtype=torch.float32).repeat(b, 1),
+                )
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+        learn_sigma = model.out_channels == 2 * model.config.in_channels
+        for t in tqdm(self.scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
+            x = torch.cat([latents, latents]) if guided else latents
+            x = self.scheduler.scale_model_input(x, t)
+            out = model(x, t.expand(x.shape[0]), **cond_kwargs).sample.float()
+            if guided:
+                cond, uncond = out.chunk(2)
+                c = model.config.in_channels
+                pred = cfg_combine(cond[:, :c], uncond[:, :c], guidance_scale)
+                out = torch.cat([pred, cond[:, c:]], dim=1)  # keep the conditional variance (DiT)
+            out = split_model_output(out, learn_sigma, self.scheduler)
+            latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
+
+        images = self.decode(latents)
+        if output_type == "pt":
+            result = images
+        else:
+            arr = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().float().numpy()
+            result = arr if output_type == "np" else [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+        if not return_dict:
+            return (result,)
+        return GenTronPipelineOutput(images=result)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → pixels in [-1, 1] (identity in pixel space)."""
+        if self.vae is None:
+            return latents
+        scaling = getattr(self.vae.config, "scaling_factor", 1.0)
+        return self.vae.decode(latents.to(self.vae.dtype) / scaling).sample.float()
+
+
+def make_grid(images: Sequence[Image.Image], captions: Optional[Sequence[str]] = None, cols: Optional[int] = None,
+              scale: int = 0) -> Image.Image:
+    """Tile images into one picture; tiny images are upscaled (nearest) so the grid is viewable."""
+    if not images:
+        raise ValueError("no images to tile")
+    w, h = images[0].size
+    if scale <= 0:
+        scale = max(1, 128 // max(w, h))
+    w, h = w * scale, h * scale
+    cols = cols or min(len(images), 8)
+    rows = (len(images) + cols - 1) // cols
+    label_h = 12 if captions else 0
+    grid = Image.new("RGB", (cols * w, rows * (h + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(img.convert("RGB").resize((w, h), Image.NEAREST), (c * w, r * (h + label_h) + label_h))
+        if captions:
+            text = captions[i % len(captions)]
+            max_chars = max(4, w // 6)
+            draw.text((c * w + 2, r * (h + label_h)), text[:max_chars], fill=(0, 0, 0))
+    return grid

@@ -1,0 +1,272 @@
+"""Typed run configuration: dataclasses ↔ YAML, with ``--set key=value`` overrides.
+
+Unknown keys are an error (a typo must never silently train the wrong model). The stable keys that
+outside tools rely on: ``train.steps``, ``train.batch_size``, ``train.checkpoint_every``,
+``train.seed``, ``model.name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported with the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "GenTron-Demo/4"  # zoo name, see `gentron info`
+    conditioning: str = "cross-attn"  # adaln-zero | cross-attn | adaln-single | class
+    resolution: int = 32  # training image size in pixels (latent size = resolution / vae factor)
+    in_channels: int = 3  # 3 = pixel space, 4 = SD-VAE latents
+    temporal_layers: bool = False
+    micro_conditions: bool = False
+    overrides: dict = field(default_factory=dict)  # any extra GenTronTransformer kwarg (depth, ...)
+
+
+@dataclass
+class TextEncoderEntry:
+    kind: str = "minilm"  # minilm | clip | t5 | bert | auto | scratch
+    path: Optional[str] = None  # local folder; None = the packaged MiniLM
+    max_length: Optional[int] = None
+    dtype: str = "float32"
+
+
+@dataclass
+class TextConfig:
+    encoders: list = field(default_factory=lambda: [TextEncoderEntry()])
+
+
+@dataclass
+class DiffusionSection:
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear (DiT) | cosine
+    prediction: str = "epsilon"  # epsilon | v_prediction | sample
+    learn_sigma: bool = True  # IDDPM/DiT hybrid loss
+    loss_weighting: str = "none"  # none | min_snr
+    snr_gamma: float = 5.0
+
+
+@dataclass
+class DataConfig:
+    kind: str = "shapes"  # shapes (generated when missing) | folder
+    path: str = "data/shapes-32"
+    num: int = 20000  # images to generate for kind=shapes
+    seed: int = 0  # shapes generator seed
+    center_crop: bool = True
+    random_flip: bool = False  # off by default: flips break "left of / right of" captions
+    preload: bool = True  # keep decoded images in memory (small data sets)
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4  # GenTron / PixArt: 1e-4 constant
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay ramps as min(decay, (1+n)/(10+n)) so short runs get a useful EMA
+    caption_dropout: float = 0.1  # CFG: caption replaced by "" with this probability
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 0  # 0 = only at the end
+    max_minutes: float = 0.0  # stop cleanly after this wall time (0 = no limit)
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+
+@dataclass
+class SampleSection:
+    sampler: str = "dpm"  # dpm | ddim | ddpm | sa
+    steps: int = 20
+    guidance: float = 4.5
+    prompts: list = field(
+        default_factory=lambda: [
+            "a red circle",
+            "a blue square",
+            "a green triangle",
+            "a yellow circle to the left of a purple square",
+        ]
+    )
+    seed: int = 0
+
+
+@dataclass
+class VaeConfig:
+    path: Optional[str] = None  # local diffusers AutoencoderKL folder; None = pixel space
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_LIST_ITEM_TYPES = {("text", "encoders"): TextEncoderEntry}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value against a dataclass field type, with a message naming the key."""
+    origin = get_origin(tp)
+    if origin is Union:  # Optional[X]
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key {key!r} must be true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+        return str(value)
+    if tp in (dict,) or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp in (tuple,) or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return tuple(value)
+    if tp in (list,) or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or 'root'!r} must be a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in section {prefix!r}" if prefix else ""
+        raise ConfigError(f"unknown config key(s) {unknown}{where}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], key)
+        else:
+            value = _coerce(data[f.name], tp, key)
+            item_cls = _LIST_ITEM_TYPES.get(tuple(key.split(".")))
+            if item_cls is not None:
+                value = [_build(item_cls, v, f"{key}[{i}]") for i, v in enumerate(value)]
+            kwargs[f.name] = value
+    obj = cls(**kwargs)
+    for (section, name), item_cls in _LIST_ITEM_TYPES.items():  # default list items → dataclasses
+        if prefix == section and cls is not item_cls:
+            setattr(obj, name, [v if isinstance(v, item_cls) else _build(item_cls, v, name) for v in getattr(obj, name)])
+    return obj
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    """Apply one ``key.sub=value`` override; the value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in dotted:
+        raise ConfigError(f"--set expects key=value, got {dotted!r}")
+    key, _, text = dotted.partition("=")
+    value = yaml.safe_load(text) if text != "" else ""
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a section")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read a YAML file (optional), apply ``key=value`` overrides, validate into a `RunConfig`."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(p)!r} must contain a mapping at the top level")
+    for item in overrides or []:
+        _set_dotted(tree, item, "")
+    cfg = _build(RunConfig, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that are cheap and catch real mistakes before any work starts."""
+    from gentron.models.transformer import CONDITIONING_MODES, zoo_config
+
+    zoo_config(cfg.model.name)  # raises with the list of valid names
+    if cfg.model.conditioning not in CONDITIONING_MODES:
+        raise ConfigError(f"model.conditioning must be one of {CONDITIONING_MODES}, got {cfg.model.conditioning!r}")
+    if cfg.diffusion.prediction not in ("epsilon", "v_prediction", "sample"):
+        raise ConfigError(f"diffusion.prediction must be epsilon, v_prediction or sample, got {cfg.diffusion.prediction!r}")
+    if cfg.diffusion.beta_schedule not in ("linear", "cosine"):
+        raise ConfigError(f"diffusion.beta_schedule must be linear or cosine, got {cfg.diffusion.beta_schedule!r}")
+    if cfg.data.kind not in ("shapes", "folder"):
+        raise ConfigError(f"data.kind must be shapes or folder, got {cfg.data.kind!r}")
+    if cfg.train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.sample.sampler not in ("dpm", "ddim", "ddpm", "sa"):
+        raise ConfigError(f"sample.sampler must be dpm, ddim, ddpm or sa, got {cfg.sample.sampler!r}")
+    for key in ("steps", "batch_size", "grad_accum"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key} must be ≥ 1")
+    if not 0.0 <= cfg.train.caption_dropout < 1.0:
+        raise ConfigError("train.caption_dropout must be in [0, 1)")
+    if cfg.model.conditioning != "class" and not cfg.text.encoders:
+        raise ConfigError("text.encoders is empty; text-conditioned models need at least one encoder")

@@ -1,0 +1,53 @@
+"""Exponential moving average of model weights (DiT samples from the EMA model)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """fp32 shadow of every trainable parameter, updated with one fused lerp per step.
+
+    With ``warmup`` the decay ramps as min(decay, (1 + n) / (10 + n)) so that short runs (the CPU demo)
+    get an average of the recent weights instead of one dominated by the random init.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = dict(model.named_parameters())
+        self.shadow = [params[n].detach().float().clone() for n in self.names]
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        live = [params[n].detach().float() for n in self.names]
+        torch._foreach_lerp_(self.shadow, live, 1.0 - self.current_decay())
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for n, s in zip(self.names, self.shadow):
+            params[n].copy_(s.to(params[n].dtype))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: s for n, s in zip(self.names, self.shadow)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int) -> None:
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise ValueError(f"EMA state is missing {len(missing)} parameter(s), first: {missing[0]!r}")
+        for i, n in enumerate(self.names):
+            if state[n].shape != self.shadow[i].shape:
+                raise ValueError(f"EMA tensor {n!r} has shape {tuple(state[n].shape)}, model has {tuple(self.shadow[i].shape)}")
+            self.shadow[i].copy_(state[n])
+        self.num_updates = num_updates

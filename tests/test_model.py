@@ -1,0 +1,241 @@
+"""GenTronTransformer: every conditioning mode, the zero-init identities, masks, save/load."""
+
+import pytest
+import torch
+
+from gentron.models.transformer import (
+    CONDITIONING_MODES,
+    GenTronTransformer,
+    count_parameters,
+    sincos_2d,
+    zoo_config,
+)
+
+TEXT_DIM = 24
+
+
+def tiny(mode: str, **kw) -> GenTronTransformer:
+    torch.manual_seed(0)
+    cfg = zoo_config("GenTron-T/2", conditioning=mode, sample_size=8, in_channels=3,
+                     text_dims=[] if mode == "class" else [TEXT_DIM], num_classes=5)
+    cfg.update(kw)
+    return GenTronTransformer(**cfg)
+
+
+def randomize(model: torch.nn.Module, scale: float = 0.2) -> torch.nn.Module:
+    """Give zero-initialised layers weights so tests exercise the whole network."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def inputs(b=2, frames=None, L=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, 3, 8, 8) if frames is None else (b, 3, frames, 8, 8)
+    x = torch.randn(shape, generator=g)
+    tok = torch.randn(b, L, TEXT_DIM, generator=g)
+    mask = torch.ones(b, L, dtype=torch.bool)
+    mask[1, 3:] = False
+    return x, torch.tensor([3, 700])[:b], tok, mask
+
+
+def call(model, x, t, tok, mask, **kw):
+    mode = model.config.conditioning
+    if mode == "class":
+        return model(x, t, class_labels=torch.arange(x.shape[0]) % 5, **kw).sample
+    return model(x, t, encoder_hidden_states=tok, encoder_attention_mask=mask,
+                 pooled_projections=tok.mean(1), **kw).sample
+
+
+@pytest.mark.parametrize("mode", CONDITIONING_MODES)
+def test_output_shape_and_zero_init(mode):
+    model = tiny(mode)
+    x, t, tok, mask = inputs()
+    out = call(model, x, t, tok, mask)
+    assert out.shape == (2, 6, 8, 8)  # learned sigma doubles the channels
+    assert torch.count_nonzero(out) == 0  # zero-initialised final layer (DiT / PixArt-α)
+    out = call(randomize(model), x, t, tok, mask)
+    assert out.abs().sum() > 0 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["adaln-zero", "cross-attn", "class"])
+def test_adaln_zero_blocks_are_identity_at_init(mode):
+    """adaLN-zero: every gate starts at 0, so each block returns its input unchanged."""
+    model = tiny(mode)
+    x = torch.randn(2, 16, 64)
+    cond = torch.randn(2, 64)
+    ctx = torch.randn(2, 5, 64)
+    for block in model.blocks:
+        assert torch.equal(block(x, cond, ctx), x)
+
+
+def test_cross_attention_output_starts_at_zero():
+    model = tiny("adaln-single")
+    x = torch.randn(2, 16, 64)
+    for block in model.blocks:
+        assert torch.count_nonzero(block.cross_attn(x, torch.randn(2, 5, 64))) == 0
+
+
+def test_padding_mask_is_honoured():
+    """Changing padded text tokens must not change the output."""
+    for mode in ("cross-attn", "adaln-single"):
+        model = randomize(tiny(mode))
+        x, t, tok, mask = inputs()
+        pooled = tok.mean(1)
+        ref = model(x, t, encoder_hidden_states=tok, encoder_attention_mask=mask, pooled_projections=pooled).sample
+        tok2 = tok.clone()
+        tok2[1, 3:] = 100.0
+        out = model(x, t, encoder_hidden_states=tok2, encoder_attention_mask=mask, pooled_projections=pooled).sample
+        torch.testing.assert_close(out, ref)
+        out_nomask = model(x, t, encoder_hidden_states=tok, pooled_projections=pooled).sample
+        torch.testing.assert_close(out_nomask[0], ref[0])  # sample 0 has no padding
+        assert not torch.allclose(out_nomask[1], ref[1])
+
+
+def test_text_changes_output_per_mode():
+    for mode in ("adaln-zero", "cross-attn", "adaln-single"):
+        model = randomize(tiny(mode))
+        x, t, tok, mask = inputs()
+        a = call(model, x, t, tok, mask)
+        b = call(model, x, t, tok + 1.0, mask)
+        assert not torch.allclose(a, b), mode
+
+
+def test_adaln_zero_ignores_tokens_except_pooled():
+    """adaLN-zero (GenTron Fig. 2a) sees text only through the pooled embedding."""
+    model = randomize(tiny("adaln-zero"))
+    x, t, tok, mask = inputs()
+    pooled = tok.mean(1)
+    a = model(x, t, encoder_hidden_states=tok, pooled_projections=pooled).sample
+    b = model(x, t, encoder_hidden_states=tok * 3, pooled_projections=pooled).sample
+    torch.testing.assert_close(a, b)
+    assert not hasattr(model, "token_projections")
+
+
+def test_interleaved_cross_attention_uses_encoder_i_mod_k():
+    torch.manual_seed(0)
+    model = GenTronTransformer(**zoo_config("GenTron-T/2", conditioning="cross-attn", sample_size=8,
+                                            in_channels=3, text_dims=[TEXT_DIM, 10], depth=4))
+    randomize(model)
+    assert [model.encoder_for_block(i) for i in range(4)] == [0, 1, 0, 1]
+    x, t, tok, mask = inputs()
+    tok2 = torch.randn(2, 4, 10)
+    pooled = (tok.mean(1), tok2.mean(1))
+    ref = model(x, t, encoder_hidden_states=(tok, tok2), pooled_projections=pooled).sample
+    # Record which context each block receives.
+    seen = []
+    hooks = [blk.cross_attn.register_forward_hook(lambda m, a, kw, o: seen.append(a[1].shape[1]), with_kwargs=True)
+             for blk in model.blocks]
+    model(x, t, encoder_hidden_states=(tok, tok2), pooled_projections=pooled)
+    for h in hooks:
+        h.remove()
+    assert seen == [6, 4, 6, 4]
+    out = model(x, t, encoder_hidden_states=(tok, tok2 + 1), pooled_projections=pooled).sample
+    assert not torch.allclose(out, ref)
+    with pytest.raises(ValueError, match="2 text encoder"):
+        model(x, t, encoder_hidden_states=tok, pooled_projections=pooled)
+
+
+def test_precomputed_text_kv_matches_forward():
+    for mode in ("cross-attn", "adaln-single"):
+        model = randomize(tiny(mode)).eval()
+        x, t, tok, mask = inputs()
+        ref = call(model, x, t, tok, mask)
+        kv = model.precompute_text_kv(tok, mask)
+        out = model(x, t, pooled_projections=tok.mean(1), added_cond_kwargs={"text_kv": kv}).sample
+        torch.testing.assert_close(out, ref)
+
+
+def test_batched_forward_equals_separate_calls():
+    """CFG runs both branches in one batch: that must equal two separate calls."""
+    model = randomize(tiny("cross-attn")).eval()
+    x, t, tok, mask = inputs()
+    both = call(model, x, t, tok, mask)
+    for i in range(2):
+        one = call(model, x[i : i + 1], t[i : i + 1], tok[i : i + 1], mask[i : i + 1])
+        torch.testing.assert_close(one, both[i : i + 1], atol=2e-4, rtol=1e-4)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = randomize(tiny("adaln-single", micro_conditions=False))
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    x, t, tok, mask = inputs()
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), call(model, x, t, tok, mask))
+
+
+def test_latent_and_pixel_channels_and_no_sigma():
+    m = GenTronTransformer(**zoo_config("GenTron-T/2", conditioning="cross-attn", sample_size=8, in_channels=4,
+                                        text_dims=[TEXT_DIM], learn_sigma=False))
+    out = m(torch.randn(1, 4, 8, 8), 5, encoder_hidden_states=torch.randn(1, 3, TEXT_DIM),
+            pooled_projections=torch.randn(1, TEXT_DIM)).sample
+    assert out.shape == (1, 4, 8, 8)
+    with pytest.raises(ValueError, match="input channels"):
+        m(torch.randn(1, 3, 8, 8), 5, encoder_hidden_states=torch.randn(1, 3, TEXT_DIM),
+          pooled_projections=torch.randn(1, TEXT_DIM))
+
+
+def test_micro_conditions():
+    m = randomize(tiny("adaln-single", micro_conditions=True, hidden_size=48, num_heads=2))
+    x, t, tok, mask = inputs()
+    kw = dict(encoder_hidden_states=tok, encoder_attention_mask=mask)
+    a = m(x, t, added_cond_kwargs={"resolution": torch.tensor([[8.0, 8.0]] * 2),
+                                   "aspect_ratio": torch.tensor([[1.0]] * 2)}, **kw).sample
+    b = m(x, t, added_cond_kwargs={"resolution": torch.tensor([[16.0, 8.0]] * 2),
+                                   "aspect_ratio": torch.tensor([[2.0]] * 2)}, **kw).sample
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="micro_conditions"):
+        m(x, t, **kw)
+
+
+def test_pos_embed_is_dit_layout():
+    """Columns in the first half of the channels, rows in the second (DiT / diffusers layout)."""
+    pe = sincos_2d(8, 2, 3)
+    assert pe.shape == (6, 8)
+    # token (row 0, col 1) differs from (row 0, col 0) only in the column half
+    assert torch.equal(pe[1, 4:], pe[0, 4:]) and not torch.equal(pe[1, :4], pe[0, :4])
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    ref = get_2d_sincos_pos_embed(8, (2, 3), base_size=2, interpolation_scale=1.0)
+    ours = sincos_2d(8, 2, 3, base_size=2)
+    torch.testing.assert_close(ours, torch.as_tensor(ref).float())
+
+
+def test_zoo_parameter_counts():
+    with torch.device("meta"):
+        dit = GenTronTransformer(**zoo_config("DiT-XL/2", conditioning="class", text_dims=[]))
+        pixart = GenTronTransformer(**zoo_config("XL/2", conditioning="adaln-single", text_dims=[4096]))
+    # official DiT-XL/2: 675,129,632 includes a fixed pos-embed buffer of 256 x 1152 = 294,912 values
+    assert count_parameters(dit) == 675_129_632 - 256 * 1152
+    assert abs(count_parameters(pixart) / 1e6 - 610.9) < 0.1  # diffusers PixArt-α XL/2: 611M
+    with pytest.raises(ValueError, match="unknown model name"):
+        zoo_config("GenTron-XXL/2")
+
+
+def test_video_at_init_equals_image_model_frame_by_frame():
+    """TempSelfAttn's zero-initialised output projection makes T2V = T2I per frame (GenTron Sec. 3.3.1)."""
+    image_model = randomize(tiny("cross-attn")).eval()
+    video_model = tiny("cross-attn", temporal_layers=True).eval()
+    missing, unexpected = video_model.load_state_dict(image_model.state_dict(), strict=False)
+    assert not unexpected and all("temporal" in k for k in missing)
+    x, t, tok, mask = inputs(frames=3)
+    vid = call(video_model, x, t, tok, mask)
+    for f in range(3):
+        img = call(image_model, x[:, :, f], t, tok, mask)
+        torch.testing.assert_close(vid[:, :, f], img, atol=2e-4, rtol=1e-4)
+
+
+def test_motion_free_mask_isolates_frames():
+    model = randomize(tiny("cross-attn", temporal_layers=True)).eval()
+    x, t, tok, mask = inputs(frames=4)
+    x2 = x.clone()
+    x2[:, :, 2] += 1.0  # perturb frame 2
+    mf = torch.tensor([True, False])
+    a, b = call(model, x, t, tok, mask, motion_free=mf), call(model, x2, t, tok, mask, motion_free=mf)
+    # motion-free sample 0: other frames unchanged; sample 1 (motion on): they change
+    for f in (0, 1, 3):
+        torch.testing.assert_close(a[0, :, f], b[0, :, f])
+        assert not torch.allclose(a[1, :, f], b[1, :, f])
