@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_eval)
 
+    from gentron.models.convert import add_convert_parser
+
+    add_convert_parser(sub)
+
     s = sub.add_parser("demo", help="generate data, train, sample and evaluate on the shapes world")
     s.add_argument("--out", default="demo-out")
     s.add_argument("--minutes", type=float, default=None, help="training budget (default: the recipe's)")

@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from gentron.diffusion import DiffusionConfig, cfg_combine, make_scheduler, split_model_output
+from gentron.diffusion import DiffusionConfig, cfg_combine, make_scheduler, scheduler_step, split_model_output
 from gentron.text import TextEmbedding, TextEncoder
 
 _SLOTS = ("", "_2", "_3")
@@ -203,7 +203,7 @@ class GenTronPipeline(DiffusionPipeline):
                 pred = cfg_combine(cond[:, :c], uncond[:, :c], guidance_scale)
                 out = torch.cat([pred, cond[:, c:]], dim=1)  # keep the conditional variance (DiT)
             out = split_model_output(out, learn_sigma, self.scheduler)
-            latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
+            latents = scheduler_step(self.scheduler, out, t, latents, generator=generator)
 
         images = self.decode(latents)
         if output_type == "pt":

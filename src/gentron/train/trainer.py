@@ -166,6 +166,7 @@ class TextBank:
             toks.append(emb.tokens.float().cpu())
             masks.append(emb.mask.cpu())
             pooled.append(emb.pooled.float().cpu())
+        encoder.clear_cache()  # the bank holds these now; don't keep a second copy in the encoder's LRU
         self.tokens = torch.cat(toks).to(device)
         self.mask = torch.cat(masks).to(device)
         self.pooled = torch.cat(pooled).to(device)

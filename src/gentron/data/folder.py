@@ -1,0 +1,204 @@
+"""The user data path: a folder of images with captions, as a PyTorch data set.
+
+Two layouts are read (the first wins when both are present):
+
+* ``ROOT/captions.jsonl`` — one JSON object per line with ``"file"`` (relative to ROOT, or absolute) and
+  ``"caption"`` (or ``"text"``); other keys are ignored. This is what
+  :func:`gentron.data.shapes.write_shapes_dataset` writes, so the built-in data goes through this code.
+* sidecar captions — ``ROOT/**/NAME.png`` (png/jpg/jpeg/webp/bmp) with its caption in ``NAME.txt`` beside it.
+
+Real data is messy, so nothing here crashes a long training run: records without a caption or file are
+skipped when the index is built, and images that fail to decode are found lazily in ``__getitem__`` and
+replaced by the next readable item. Every skip is counted in :attr:`ImageCaptionFolder.skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SKIP_REASONS: tuple[str, ...] = ("missing_caption", "missing_file", "bad_record", "corrupt_image")
+
+
+class ImageLoadError(OSError):
+    """An image file exists but cannot be decoded."""
+
+
+def load_image(path: Union[str, Path]) -> Image.Image:
+    """Decode an image fully (so truncated files fail here, not later) as RGB.
+
+    Transparent images are composited onto white, the usual convention for cut-out pictures."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(white, rgba).convert("RGB")
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageLoadError(f"could not decode image {path}: {e}") from e
+
+
+def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool = True,
+                    rng: random.Random | None = None) -> Image.Image:
+    """Resize the shorter side to ``resolution`` and crop a square.
+
+    An image whose shorter side already equals ``resolution`` is not resampled, so crisp renders stay
+    crisp. Downscaling uses Lanczos (sharp, little aliasing), upscaling bicubic. Without ``center_crop``
+    the crop offset is drawn from ``rng``."""
+    w, h = image.size
+    if min(w, h) != resolution:
+        scale = resolution / min(w, h)
+        size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+        resample = Image.LANCZOS if scale < 1 else Image.BICUBIC
+        image = image.resize(size, resample=resample)
+        w, h = image.size
+    if (w, h) == (resolution, resolution):
+        return image
+    if center_crop or rng is None:
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+    else:
+        left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float tensor in [-1, 1]."""
+    arr = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class ImageCaptionFolder(Dataset):
+    """Images with captions from a folder; items are ``{"pixel_values", "caption", "index"}``.
+
+    ``index`` is the position of the item actually returned (it differs from the requested one when a
+    corrupt image was skipped). Non-centre crops are seeded by the item's index, so a given index always
+    yields the same pixels (exact resume); ``random_flip`` uses torch's global generator. Skip counters
+    live in the process that reads the item (DataLoader workers keep their own).
+    """
+
+    def __init__(self, root: Union[str, Path], resolution: int, center_crop: bool = True,
+                 random_flip: bool = False):
+        self.root = Path(root)
+        self.resolution = int(resolution)
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.skipped: dict[str, int] = {reason: 0 for reason in SKIP_REASONS}
+        self._bad: set[int] = set()
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if not self.root.exists():
+            raise FileNotFoundError(f"data folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"data path {self.root} is not a folder")
+        jsonl = self.root / "captions.jsonl"
+        self.source = "captions.jsonl" if jsonl.is_file() else "sidecar"
+        self.entries: list[tuple[Path, str]] = (
+            self._read_jsonl(jsonl) if self.source == "captions.jsonl" else self._read_sidecars()
+        )
+        if not self.entries:
+            found = {k: v for k, v in self.skipped.items() if v}
+            raise ValueError(
+                f"no images with captions found in {self.root}: expected captions.jsonl (lines like "
+                f'{{"file": "images/0.png", "caption": "..."}}) or IMG.txt caption files beside images '
+                f"({', '.join(IMAGE_EXTENSIONS)})" + (f"; skipped {found}" if found else "")
+            )
+
+    # -- index building ---------------------------------------------------------------------------
+
+    def _read_jsonl(self, path: Path) -> list[tuple[Path, str]]:
+        entries = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    self.skipped["bad_record"] += 1
+                    continue
+                if not isinstance(rec, dict):
+                    self.skipped["bad_record"] += 1
+                    continue
+                file = rec.get("file", rec.get("file_name"))
+                caption = rec.get("caption", rec.get("text"))
+                if not isinstance(file, str) or not file:
+                    self.skipped["bad_record"] += 1
+                    continue
+                if not isinstance(caption, str) or not caption.strip():
+                    self.skipped["missing_caption"] += 1
+                    continue
+                image = Path(file) if Path(file).is_absolute() else self.root / file
+                if not image.is_file():
+                    self.skipped["missing_file"] += 1
+                    continue
+                entries.append((image, caption.strip()))
+        return entries
+
+    def _read_sidecars(self) -> list[tuple[Path, str]]:
+        entries = []
+        images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        for image in images:
+            txt = image.with_suffix(".txt")
+            caption = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.is_file() else ""
+            if not caption:
+                self.skipped["missing_caption"] += 1
+                continue
+            entries.append((image, caption))
+        return entries
+
+    # -- access -----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def captions(self) -> list[str]:
+        return [c for _, c in self.entries]
+
+    def _load(self, index: int) -> Image.Image:
+        path, _ = self.entries[index]
+        image = load_image(path)
+        rng = None if self.center_crop else random.Random(index)
+        image = resize_and_crop(image, self.resolution, self.center_crop, rng)
+        if self.random_flip and torch.rand(()) < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return image
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.entries)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        index %= n
+        for step in range(n):  # the next readable item, deterministically
+            i = (index + step) % n
+            if i in self._bad:
+                continue
+            try:
+                image = self._load(i)
+            except (ImageLoadError, FileNotFoundError) as e:  # a file may also vanish after indexing
+                self._bad.add(i)
+                self.skipped["corrupt_image" if isinstance(e, ImageLoadError) else "missing_file"] += 1
+                continue
+            return {"pixel_values": to_tensor(image), "caption": self.entries[i][1], "index": i}
+        raise RuntimeError(f"none of the {n} images in {self.root} could be decoded")
+
+    def __repr__(self) -> str:
+        skipped = {k: v for k, v in self.skipped.items() if v}
+        return (f"ImageCaptionFolder({str(self.root)!r}, {len(self)} items from {self.source}, "
+                f"resolution={self.resolution}, skipped={skipped})")
+
+
+__all__ = ["ImageCaptionFolder", "ImageLoadError", "load_image", "resize_and_crop", "to_tensor", "IMAGE_EXTENSIONS"]

@@ -1,0 +1,97 @@
+"""Evaluation prompt suites for the shapes world, each prompt paired with the scene it describes.
+
+The scene is the ground truth the detector's :func:`gentron.eval.detector.score` checks an image
+against. Suites are deterministic (a fixed seed per position) so reports are comparable across runs, and
+balanced: single-object and count prompts cycle through every eligible (colour, shape) pair, spatial
+prompts through every eligible arrangement, so a handful of prompts cannot over-represent one combination.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from gentron.data.shapes import (
+    COUNT_WEIGHTS,
+    HELDOUT_COLOR_SHAPE,
+    HELDOUT_SPATIAL,
+    RELATIONS,
+    SPLITS,
+    TRAIN_COLOR_SHAPE,
+    COLORS,
+    Scene,
+    ShapesWorld,
+    describe,
+    spatial_key,
+)
+
+CATEGORIES: tuple[str, ...] = ("color", "shape", "count", "spatial", "complex")
+#: The scene kind each category is drawn from ("color" and "shape" share the same single-object prompts).
+CATEGORY_KIND: dict[str, str] = {
+    "color": "single", "shape": "single", "count": "count", "spatial": "spatial", "complex": "complex",
+}
+
+
+@dataclass
+class EvalPrompt:
+    """A prompt, the scene it describes (ground truth for scoring) and the category it is scored in."""
+
+    prompt: str
+    scene: Scene
+    category: str
+
+
+def _targets(kind: str, split: str, seed: int) -> list[Callable[[Scene], bool]]:
+    """Predicates a suite cycles through, in a seeded order, so combinations are covered evenly."""
+    order = random.Random(f"suite-order:{seed}:{split}:{kind}")
+    if kind == "single":
+        pairs = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else list(TRAIN_COLOR_SHAPE)
+        order.shuffle(pairs)
+        return [lambda s, p=p: (s.objects[0].color, s.objects[0].shape) == p for p in pairs]
+    if kind == "count":
+        pairs = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else list(TRAIN_COLOR_SHAPE)
+        combos = list(itertools.product(pairs, sorted(COUNT_WEIGHTS)))
+        order.shuffle(combos)
+        return [lambda s, p=p, k=k: (s.objects[0].color, s.objects[0].shape) == p and len(s.objects) == k
+                for p, k in combos]
+    if kind == "spatial":
+        if split == "heldout":
+            keys = sorted(HELDOUT_SPATIAL)
+        else:
+            keys = sorted({spatial_key(a, r, b) for a in COLORS for b in COLORS if a != b for r in RELATIONS}
+                          - HELDOUT_SPATIAL)
+        order.shuffle(keys)
+        return [lambda s, k=k: s.spatial_key() == k for k in keys]
+    return [lambda s: True]
+
+
+def eval_suite(category: str, split: str = "heldout", n: int = 24, seed: int = 1234) -> list[EvalPrompt]:
+    """``n`` prompts of one category. ``split="heldout"`` prompts contain a combination never seen in
+    training (a held-out (colour, shape) pair; for "spatial" a held-out arrangement of training pairs);
+    ``split="train"`` prompts use only training combinations. Prompts are canonical captions
+    (:func:`gentron.data.shapes.describe`), e.g. "a red triangle", "two blue squares",
+    "a red circle to the left of a blue square", "a red circle, a blue square and a yellow triangle"."""
+    if category not in CATEGORY_KIND:
+        raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    kind = CATEGORY_KIND[category]
+    world = ShapesWorld(seed=seed)
+    targets = _targets(kind, split, seed)
+    out = []
+    for i in range(n):
+        rng = random.Random(f"eval:{seed}:{split}:{kind}:{i}")
+        wanted = targets[i % len(targets)]
+        for _ in range(10_000):
+            scene = world.sample_scene(rng, split, kind)
+            if wanted(scene):
+                break
+        else:  # pragma: no cover - every target is reachable; this guards future edits
+            raise RuntimeError(f"could not build a {category} prompt for split {split}")
+        out.append(EvalPrompt(describe(scene), scene, category))
+    return out
+
+
+__all__ = ["CATEGORIES", "CATEGORY_KIND", "EvalPrompt", "eval_suite"]
