@@ -63,6 +63,7 @@ class DataConfig:
     center_crop: bool = True
     random_flip: bool = False  # off by default: flips break "left of / right of" captions
     preload: bool = True  # keep decoded images in memory (small data sets)
+    kinds_weights: dict = field(default_factory=dict)  # shapes: mixture of single/count/spatial/complex scenes
 
 
 @dataclass
@@ -72,6 +73,8 @@ class TrainSection:
     grad_accum: int = 1
     lr: float = 1e-4  # GenTron / PixArt: 1e-4 constant
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine (to lr_min at train.steps, or at max_minutes if sooner)
+    lr_min: float = 0.0
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -261,6 +264,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.kind must be shapes or folder, got {cfg.data.kind!r}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
+    if cfg.train.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be constant or cosine, got {cfg.train.lr_schedule!r}")
     if cfg.sample.sampler not in ("dpm", "ddim", "ddpm", "sa"):
         raise ConfigError(f"sample.sampler must be dpm, ddim, ddpm or sa, got {cfg.sample.sampler!r}")
     for key in ("steps", "batch_size", "grad_accum"):

@@ -119,7 +119,8 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
         from gentron.data.shapes import write_shapes_dataset
 
         log(f"generating {cfg.data.num} shapes-world images at {cfg.model.resolution}px into {path} ...")
-        write_shapes_dataset(path, num=cfg.data.num, resolution=cfg.model.resolution, seed=cfg.data.seed)
+        write_shapes_dataset(path, num=cfg.data.num, resolution=cfg.model.resolution, seed=cfg.data.seed,
+                             kinds_weights=cfg.data.kinds_weights or None)
     return ImageCaptionFolder(
         path, resolution=cfg.model.resolution, center_crop=cfg.data.center_crop, random_flip=cfg.data.random_flip
     )
@@ -289,8 +290,20 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        warm = self.cfg.train.warmup_steps
-        return self.cfg.train.lr * min(1.0, (step + 1) / warm) if warm > 0 else self.cfg.train.lr
+        """Linear warm-up, then constant or cosine decay.
+
+        With ``max_minutes`` the cosine runs on whichever comes first, steps or wall time, so a
+        time-budgeted run (the demo) still ends at ``lr_min`` on a slower machine.
+        """
+        tc = self.cfg.train
+        lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
+        if tc.lr_schedule == "cosine" and step >= tc.warmup_steps:
+            progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+            if tc.max_minutes > 0:
+                progress = max(progress, (time.time() - self.start_time) / (tc.max_minutes * 60))
+            progress = min(progress, 1.0)
+            lr = tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * progress))
+        return lr
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
         """Dataset indices of a micro-batch: epoch-wise permutations that depend only on the seed."""
