@@ -1,0 +1,273 @@
+"""Config, trainer, checkpoints, resume, pipeline and the CLI end to end (tiny, CPU)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from gentron.cli.main import main as cli
+from gentron.train import checkpoint as ckpt
+from gentron.train.config import ConfigError, load_config
+from gentron.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_trainer(data, run_dir, extra=(), resume=None):
+    cfg = load_config(None, tiny_overrides(data) + list(extra))
+    return Trainer(cfg, run_dir, resume=resume, log=lambda s: None, show_progress=False)
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_config_rejects_unknown_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, ["modle.name=GenTron-T/2"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ValueError, match="unknown model name"):
+        load_config(None, ["model.name=GenTron-Q/2"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    cfg = load_config(REPO / "configs" / "shapes-tiny.yaml", ["train.steps=7", "train.lr=3e-4"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 3e-4 and cfg.model.name == "GenTron-T/4"
+
+
+def test_stable_config_keys_exist():
+    cfg = load_config(REPO / "configs" / "shapes-tiny.yaml")
+    for key in ("steps", "batch_size", "checkpoint_every", "seed"):
+        assert hasattr(cfg.train, key)
+    assert cfg.model.name
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_overfits_one_batch(shapes_data, tmp_path):
+    """A tiny model memorises a single batch: the loss drops by at least 10x."""
+    t = make_trainer(shapes_data, tmp_path / "run", ["train.steps=1", "train.caption_dropout=0"])
+    t.cfg.train.lr = 3e-3
+    for g in t.optimizer.param_groups:
+        g["lr"] = 3e-3
+    idx = t.batch_indices(0, 0)
+    t.batch_indices = lambda step, micro: idx  # always the same batch
+    # one fixed timestep and noise so the target is one fixed function to fit
+    g = torch.Generator().manual_seed(0)
+    fixed_t = torch.full((len(idx),), 400)
+    x0, caps, ids = t.load_batch(idx)
+    noise = torch.randn(x0.shape, generator=g)
+    first = last = None
+    for step in range(150):
+        text = t.text_conditioning(caps, ids, torch.zeros(len(idx), dtype=torch.bool))
+        x_t = t.diffusion.q_sample(x0, fixed_t, noise)
+        out = t.model(x_t, fixed_t, encoder_hidden_states=tuple(e.tokens for e in text),
+                      pooled_projections=tuple(e.pooled for e in text)).sample
+        loss = t.diffusion.training_losses(out, x0, x_t, fixed_t, noise)["loss"].mean()
+        t.optimizer.zero_grad()
+        loss.backward()
+        t.optimizer.step()
+        first = first if first is not None else loss.item()
+        last = loss.item()
+    assert last < first / 10, (first, last)
+
+
+def test_train_writes_metrics_checkpoints_and_pipeline(shapes_data, tmp_path):
+    run = tmp_path / "run"
+    summary = make_trainer(shapes_data, run, ["train.steps=6", "train.checkpoint_every=3",
+                                              "train.keep_checkpoints=1"]).fit()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all("loss" in r for r in records)
+    assert [d.name for d in ckpt.list_checkpoints(run)] == ["step_0000006"]  # keep-last-1
+    assert (run / "pipeline" / "model_index.json").is_file()
+    assert (run / "samples" / "step_0000006.png").is_file()
+    assert summary["steps"] == 6 and (run / "summary.json").is_file()
+    assert (run / "config.yaml").is_file() and any((run / "tensorboard").iterdir())
+
+
+def test_resume_is_bit_identical(shapes_data, tmp_path):
+    """N steps straight == N/2 steps, stop, resume, N/2 steps: same per-step losses and weights."""
+    straight = make_trainer(shapes_data, tmp_path / "a", ["train.steps=8", "train.checkpoint_every=4"])
+    straight.fit()
+    first = make_trainer(shapes_data, tmp_path / "b", ["train.steps=4", "train.checkpoint_every=4"])
+    first.fit()
+    resumed = make_trainer(shapes_data, tmp_path / "b", ["train.steps=8", "train.checkpoint_every=4"],
+                           resume="auto")
+    assert resumed.step == 4
+    resumed.fit()
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    for (n, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+    for a, b in zip(straight.ema.shadow, resumed.ema.shadow):
+        assert torch.equal(a, b)
+
+
+def test_resume_skips_incomplete_and_corrupt_checkpoints(shapes_data, tmp_path):
+    run = tmp_path / "run"
+    make_trainer(shapes_data, run, ["train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=3"]).fit()
+    names = [d.name for d in ckpt.list_checkpoints(run)]
+    assert names == ["step_0000002", "step_0000004"]
+    (run / "checkpoints" / "step_0000004" / "model.safetensors").write_bytes(b"garbage")
+    (run / "checkpoints" / "step_0000009").mkdir()  # an interrupted write: no COMPLETE marker
+    with pytest.warns(UserWarning, match="corrupt"):
+        t = make_trainer(shapes_data, run, ["train.steps=6"], resume="auto")
+    assert t.step == 2
+
+
+def test_corrupt_and_uncaptioned_images_are_skipped_and_counted(shapes_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    (data / "images" / "000003.png").write_bytes(b"not a png")
+    lines = (data / "captions.jsonl").read_text().splitlines()
+    rec = json.loads(lines[5])
+    rec.pop("caption")
+    lines[5] = json.dumps(rec)
+    (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    summary = make_trainer(data, tmp_path / "run", ["train.steps=2"]).fit()
+    assert summary["skipped_data"]["corrupt_image"] == 1
+    assert summary["skipped_data"]["missing_caption"] == 1
+
+
+def test_wrong_data_path_is_a_clear_error(tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
+        make_trainer(tmp_path / "nowhere", tmp_path / "run")
+
+
+def test_trainable_scratch_text_encoder_trains_and_resumes(shapes_data, tmp_path):
+    # zero-init final layer and cross-attention output: text gets gradient from step 3 on
+    extra = ["text.encoders=[{kind: scratch, max_length: 24}]", "train.steps=3", "train.checkpoint_every=3"]
+    t = make_trainer(shapes_data, tmp_path / "run", extra)
+    before = [p.detach().clone() for p in t.text_encoders[0].parameters()]
+    t.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.text_encoders[0].parameters()))
+    r = make_trainer(shapes_data, tmp_path / "run", extra[:-2] + ["train.steps=4"], resume="auto")
+    for a, b in zip(t.text_encoders[0].parameters(), r.text_encoders[0].parameters()):
+        assert torch.equal(a, b)
+
+
+# -- pipeline -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    make_trainer(shapes_data, run, ["train.steps=4"]).fit()
+    return run
+
+
+def test_pipeline_round_trip_and_determinism(trained_run, tmp_path):
+    from gentron.pipelines import GenTronPipeline
+
+    pipe = GenTronPipeline.from_pretrained(trained_run / "pipeline")
+    kw = dict(num_inference_steps=4, guidance_scale=3.0, output_type="pt", progress=False)
+    a = pipe(["a red circle", "a blue square"], generator=torch.Generator().manual_seed(1), **kw).images
+    b = pipe(["a red circle", "a blue square"], generator=torch.Generator().manual_seed(1), **kw).images
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b)
+    pipe.save_pretrained(tmp_path / "again")
+    again = GenTronPipeline.from_pretrained(tmp_path / "again")
+    c = again(["a red circle", "a blue square"], generator=torch.Generator().manual_seed(1), **kw).images
+    torch.testing.assert_close(a, c)
+    pil = pipe("a red circle", num_inference_steps=2, progress=False).images
+    assert len(pil) == 1 and pil[0].size == (16, 16)
+
+
+def test_pipeline_guidance_matches_manual_two_branch_computation(trained_run):
+    """The batched CFG step equals ε_u + s (ε_c − ε_u) computed with two separate forwards."""
+    from gentron.diffusion import diffusion_config_from_scheduler, make_scheduler
+    from gentron.pipelines import GenTronPipeline
+
+    pipe = GenTronPipeline.from_pretrained(trained_run / "pipeline")
+    model = pipe.transformer
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(1, 3, 16, 16)
+    out = pipe("a red circle", num_inference_steps=1, guidance_scale=5.0, latents=x.clone(),
+               output_type="pt", progress=False).images
+
+    sched = make_scheduler("dpm", diffusion_config_from_scheduler(pipe.scheduler))
+    sched.set_timesteps(1)
+    t = sched.timesteps[0]
+    enc = pipe.text_encoders[0]
+    with torch.no_grad():
+        preds = []
+        for prompt in ("a red circle", ""):
+            e = enc.encode([prompt])
+            preds.append(model(x, t.reshape(1), encoder_hidden_states=e.tokens, encoder_attention_mask=e.mask,
+                               pooled_projections=e.pooled).sample)
+    guided = preds[1] + 5.0 * (preds[0] - preds[1])
+    expected = sched.step(guided, t, x).prev_sample
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_run_dir_and_bad_model_paths(trained_run, tmp_path):
+    from gentron.cli.main import UserError, load_pipeline
+
+    assert load_pipeline(str(trained_run), device="cpu").transformer is not None
+    with pytest.raises(UserError, match="does not exist"):
+        load_pipeline(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither"):
+        load_pipeline(str(tmp_path / "empty"))
+
+
+# -- CLI end to end -----------------------------------------------------------------------------
+
+
+def test_cli_train_sample_eval_end_to_end(shapes_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", str(REPO / "configs" / "shapes-tiny.yaml"), "--out", str(run)]
+    for s in tiny_overrides(shapes_data) + ["train.steps=4", "train.checkpoint_every=2"]:
+        args += ["--set", s]
+    assert cli(args) == 0
+    out_png = tmp_path / "grid.png"
+    assert cli(["sample", "--model", str(run), "--prompt", "a red circle", "--num", "2", "--steps", "3",
+                "--seed", "3", "--out", str(out_png)]) == 0
+    first = out_png.read_bytes()
+    assert cli(["sample", "--model", str(run), "--prompt", "a red circle", "--num", "2", "--steps", "3",
+                "--seed", "3", "--out", str(out_png)]) == 0
+    assert out_png.read_bytes() == first  # deterministic for a fixed seed
+    report = tmp_path / "report.json"
+    assert cli(["eval", "shapes", "--model", str(run), "--num", "2", "--steps", "2", "--out", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert set(rep["accuracy"]) == {"color", "shape", "count", "spatial", "complex"}
+    assert all(0.0 <= v <= 1.0 for v in rep["accuracy"].values())
+    assert abs(rep["chance"]["color"] - 1 / 6) < 0.05
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gentron", "train", str(tmp_path / "nope.yaml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gentron", "train", str(REPO / "configs" / "shapes-tiny.yaml"),
+                        "--set", "train.bogus=1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown config key" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gentron", "sample", "--model", str(tmp_path), "--prompt", "x",
+                        "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_info_prints_zoo(capsys):
+    assert cli(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "GenTron-XL/2" in out and "GenTron-G/2" in out
+    assert cli(["info", "GenTron-XL/2", "--cond", "cross-attn", "--text-dim", "4096"]) == 0
+    assert "834,542,240" in capsys.readouterr().out
