@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gentron.models.convert import add_convert_parser
 
     add_convert_parser(sub)
+    from gentron.data.cache import add_cache_parser
+
+    add_cache_parser(sub)
 
     s = sub.add_parser("demo", help="generate data, train, sample and evaluate on the shapes world")
     s.add_argument("--out", default="demo-out")
