@@ -172,9 +172,11 @@ def test_scene_roundtrip_through_json():
     assert isinstance(scene_from_dict(scene_to_dict(scene)), Scene)
 
 
-def test_video_is_not_implemented_yet(tmp_path):
-    with pytest.raises(NotImplementedError):
-        write_shapes_dataset(tmp_path, num=2, video=True)
+def test_video_mode_writes_moving_shapes_clips(tmp_path):
+    # the video mode itself is tested in tests/test_video.py; here: the shared entry point dispatches to it
+    out = write_shapes_dataset(tmp_path, num=2, resolution=16, video=True)
+    recs = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["file"].startswith("videos/") and "moving" in r["caption"] for r in recs)
 
 
 def test_eval_suites_are_deterministic_and_held_out():

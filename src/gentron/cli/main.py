@@ -71,6 +71,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from gentron.data.shapes import write_shapes_dataset
 
+    if args.video:
+        from gentron.data.shapes import write_shapes_video_dataset
+
+        out = write_shapes_video_dataset(Path(args.out), num=args.num, resolution=args.resolution, seed=args.seed,
+                                         split=args.split, fmt=args.format)
+        print(f"wrote {args.num} moving-shapes clips ({args.format}) with captions to {out}")
+        return 0
     out = write_shapes_dataset(Path(args.out), num=args.num, resolution=args.resolution, seed=args.seed,
                                split=args.split, video=args.video)
     print(f"wrote {args.num} {'clips' if args.video else 'images'} with captions to {out}")
@@ -86,7 +93,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gentron.train.config import load_config
     from gentron.train.trainer import Trainer
 
-    cfg = load_config(args.config, args.set)
+    sets = list(args.set)
+    if getattr(args, "init_from", None):
+        sets.append(f"video.init_from={args.init_from}")
+    cfg = load_config(args.config, sets)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, resume=args.resume)
     trainer.fit()
@@ -146,15 +156,50 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     pipe = load_pipeline(args.model, args.device, args.sampler)
     g = torch.Generator().manual_seed(args.seed)
+    if args.frames > 1:
+        return _sample_video(pipe, args, g)
     with autocast_for(str(pipe.device)):
         images = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                      guidance_scale=args.guidance, num_images_per_prompt=args.num, generator=g,
+                      guidance_scale=4.5 if args.guidance is None else args.guidance, num_images_per_prompt=args.num, generator=g,
                       height=args.height, width=args.width).images
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     img = images[0] if len(images) == 1 else make_grid(images, scale=1)
     img.save(out)
     print(f"wrote {out} ({len(images)} image{'s' if len(images) > 1 else ''})")
+    return 0
+
+
+def _sample_video(pipe, args: argparse.Namespace, generator) -> int:
+    """``sample --frames T``: .mp4 / .gif / .webm clip(s), or a frames-grid .png (one row per clip)."""
+    from gentron.data.video import write_video
+    from gentron.pipelines import make_grid
+
+    if not pipe.transformer.config.temporal_layers:
+        raise UserError(f"{args.model} is an image model (no temporal layers); --frames needs a T2V model")
+    with autocast_for(str(pipe.device)):
+        clips = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                     guidance_scale=args.guidance, num_images_per_prompt=args.num, generator=generator,
+                     height=args.height, width=args.width, num_frames=args.frames,
+                     motion_guidance_scale=args.motion_guidance).images
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ext = out.suffix.lower()
+    if ext in (".png", ".jpg", ".jpeg"):
+        make_grid([f for clip in clips for f in clip], cols=args.frames).save(out)
+        print(f"wrote {out} (frames grid: {len(clips)} clip(s) × {args.frames} frames)")
+        return 0
+    if ext not in (".mp4", ".gif", ".webm"):
+        raise UserError(f"--out must end in .mp4, .gif, .webm or .png (frames grid), got {out.name}")
+    scale = max(1, 128 // max(clips[0][0].size))  # tiny models: upscale (nearest) so the clip is viewable
+    paths = []
+    for i, clip in enumerate(clips):
+        frames = [f.resize((f.width * scale, f.height * scale), 0) for f in clip]
+        path = out if len(clips) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        paths.append(write_video(path, frames, fps=args.fps))
+    make_grid([f for clip in clips for f in clip], cols=args.frames).save(out.with_suffix(".png"))
+    print(f"wrote {', '.join(map(str, paths))} ({args.frames} frames at {args.fps:g} fps) "
+          f"and the frames grid {out.with_suffix('.png')}")
     return 0
 
 
@@ -166,6 +211,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from gentron.eval.shapes_eval import evaluate_shapes, write_report
 
+    if getattr(args, "video", False):
+        return _eval_video(args)
     pipe = load_pipeline(args.model, args.device, args.sampler)
     with autocast_for(str(pipe.device)):
         report = evaluate_shapes(pipe, split=args.split, n_per_category=args.num, steps=args.steps,
@@ -174,6 +221,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_report(report, out)
     print(format_accuracy_table(report))
     print(f"wrote {out}")
+    return 0
+
+
+def _eval_video(args: argparse.Namespace) -> int:
+    import json
+
+    from gentron.eval.video_eval import evaluate_video_shapes, format_video_table
+    from gentron.pipelines import make_grid
+
+    pipe = load_pipeline(args.model, args.device, args.sampler)
+    if not pipe.transformer.config.temporal_layers:
+        raise UserError(f"{args.model} is an image model (no temporal layers); --video needs a T2V model")
+    with autocast_for(str(pipe.device)):
+        report = evaluate_video_shapes(pipe, split=args.split, n=args.num, steps=args.steps, guidance=args.guidance,
+                                       motion_guidance=args.motion_guidance, num_frames=args.frames, seed=args.seed)
+    clips = report.pop("_clips")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    make_grid([f for c in clips[:16] for f in c], cols=args.frames).save(out.with_suffix(".png"))
+    print(format_video_table(report))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -192,6 +261,12 @@ def format_accuracy_table(report: dict) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gentron.cli.demo import run_demo
 
+    if getattr(args, "video", False):
+        from gentron.cli.demo import run_video_demo
+
+        run_video_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set,
+                       init_from=args.init_from)
+        return 0
     run_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set)
     return 0
 
@@ -222,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resolution", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--split", default="train", choices=["train", "heldout"])
-    d.add_argument("--video", action="store_true")
+    d.add_argument("--video", action="store_true", help="moving-shapes clips (videos/ + captions.jsonl)")
+    d.add_argument("--format", default="mp4", choices=["mp4", "gif", "webm"], help="video file type (--video)")
     d.set_defaults(func=cmd_data)
 
     s = sub.add_parser("train", help="train from a YAML config")
@@ -230,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     s.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     s.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir) or a checkpoint path")
+    s.add_argument("--init-from", metavar="T2I_MODEL_DIR",
+                   help="T2V: load the shared weights of a trained T2I run/pipeline; new temporal layers start at zero")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="sample images from a pipeline folder or run dir")
@@ -238,13 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--negative-prompt")
     s.add_argument("--num", type=int, default=1)
     s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--guidance", type=float, default=4.5)
+    s.add_argument("--guidance", type=float, default=None,
+                   help="CFG scale (λ_T for videos); default 4.5 for images, 7.5 with --frames > 1")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sampler", choices=["dpm", "ddim", "ddpm", "sa"])
     s.add_argument("--height", type=int)
     s.add_argument("--width", type=int)
     s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True)
+    s.add_argument("--frames", type=int, default=1, help="> 1: sample a video clip (T2V model)")
+    s.add_argument("--motion-guidance", type=float, default=1.0,
+                   help="λ_M of motion-free guidance (GenTron Eq. 6); 1 = plain CFG, useful range 1.0-1.3")
+    s.add_argument("--fps", type=float, default=4.0, help="frame rate of the written clip")
+    s.add_argument("--out", required=True, help="image .png; with --frames: .mp4, .gif, .webm or a frames-grid .png")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("eval", help="evaluate a model")
@@ -259,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--sampler", choices=["dpm", "ddim", "ddpm", "sa"])
     e.add_argument("--device", default="auto")
+    e.add_argument("--video", action="store_true",
+                   help="T2V: motion-direction accuracy, temporal consistency, per-frame image accuracy")
+    e.add_argument("--frames", type=int, default=8)
+    e.add_argument("--motion-guidance", type=float, default=1.0)
     e.set_defaults(func=cmd_eval)
 
     from gentron.models.convert import add_convert_parser
@@ -273,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=None, help="training budget (default: the recipe's)")
     s.add_argument("--device", default="auto")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    s.add_argument("--video", action="store_true",
+                   help="T2V demo: short T2I run (or --init-from), then T2V on moving shapes; video eval table")
+    s.add_argument("--init-from", metavar="T2I_RUN_DIR", help="--video: start from this T2I run instead of training one")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -543,7 +543,7 @@ def write_shapes_dataset(out_dir: Union[str, Path], num: int, resolution: int = 
     code path as training on user data. ``captions.jsonl`` is written last (atomically), so its presence
     means the data set is complete."""
     if video:
-        raise NotImplementedError("shapes-world video clips are not implemented yet; omit video=True")
+        return write_shapes_video_dataset(out_dir, num, resolution=resolution, seed=seed, split=split)
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
     world = ShapesWorld(resolution=resolution, seed=seed, kinds_weights=kinds_weights)
@@ -575,7 +575,179 @@ def load_scenes(root: Union[str, Path]) -> list[tuple[str, str, Scene]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# Video mode: objects moving with constant velocity (GenTron T2V, Sec. 3.3)
+# ------------------------------------------------------------------------------------------------
+
+#: Motion directions as unit vectors in image coordinates (y points down) and caption phrases.
+MOTIONS: dict[str, tuple[float, float]] = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "up": (0.0, -1.0),
+                                           "down": (0.0, 1.0)}
+MOTION_PHRASES: dict[str, str] = {"right": "moving to the right", "left": "moving to the left",
+                                  "up": "moving up", "down": "moving down"}
+VIDEO_KINDS: tuple[str, ...] = ("single", "pair")
+DEFAULT_VIDEO_KIND_WEIGHTS: dict[str, float] = {"single": 0.7, "pair": 0.3}
+#: Source clips: 16 frames at 8 fps (2 s); the data loader samples T frames at a target fps from them.
+VIDEO_SOURCE_FPS = 8
+VIDEO_SOURCE_FRAMES = 16
+#: Distance travelled over the whole clip, as a fraction of the image side.
+VIDEO_TRAVEL = (0.30, 0.42)
+
+
+@dataclass
+class VideoScene:
+    """Objects at time 0 plus one motion per object; positions at time ``s ∈ [0, 1]`` (fraction of the
+    clip) are ``centre + s · travel · direction`` — constant velocity, resolution and frame-rate free."""
+
+    objects: list[ShapeObject] = field(default_factory=list)
+    motions: list[str] = field(default_factory=list)
+    travel: list[float] = field(default_factory=list)
+    kind: str = "single"
+
+    def at(self, s: float) -> Scene:
+        objs = []
+        for o, m, d in zip(self.objects, self.motions, self.travel):
+            dx, dy = MOTIONS[m]
+            objs.append(ShapeObject(o.color, o.shape, o.size, o.cx + s * d * dx, o.cy + s * d * dy, o.radius))
+        return Scene(objs, None, "single" if len(objs) == 1 else "count")
+
+    def color_shape_pairs(self) -> set[tuple[str, str]]:
+        return {(o.color, o.shape) for o in self.objects}
+
+    def heldout_combos(self) -> set[tuple]:
+        return {p for p in self.color_shape_pairs() if p in HELDOUT_COLOR_SHAPE}
+
+
+def describe_video(vs: VideoScene) -> str:
+    """The canonical video caption, e.g. "a red circle moving to the right"."""
+    parts = [f"{_noun(o)} {MOTION_PHRASES[m]}" for o, m in zip(vs.objects, vs.motions)]
+    return " and ".join(parts)
+
+
+def video_scene_to_dict(vs: VideoScene) -> dict[str, Any]:
+    d = scene_to_dict(Scene(vs.objects, None, vs.kind))
+    d.update(motions=list(vs.motions), travel=list(vs.travel))
+    return d
+
+
+def video_scene_from_dict(d: dict[str, Any]) -> VideoScene:
+    sc = scene_from_dict({**d, "relation": None})
+    return VideoScene(sc.objects, [str(m) for m in d["motions"]], [float(t) for t in d["travel"]],
+                      d.get("kind", "single"))
+
+
+class ShapesVideoWorld:
+    """Moving-shapes clips; ``sample(index)`` is a pure function of (seed, index, split).
+
+    ``train`` never shows a held-out (colour, shape) pair (:data:`HELDOUT_COLOR_SHAPE`); ``heldout``
+    always contains one, exactly as the image world."""
+
+    def __init__(self, resolution: int = 32, seed: int = 0, num_frames: int = VIDEO_SOURCE_FRAMES,
+                 kinds_weights: Optional[dict[str, float]] = None, background: tuple[int, int, int] = BACKGROUND):
+        if resolution < 8:
+            raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
+        if num_frames < 2:
+            raise ValueError(f"num_frames must be at least 2, got {num_frames}")
+        weights = dict(DEFAULT_VIDEO_KIND_WEIGHTS if kinds_weights is None else kinds_weights)
+        if set(weights) - set(VIDEO_KINDS) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"video kinds_weights must weight kinds in {VIDEO_KINDS}, got {weights}")
+        self.resolution, self.seed, self.num_frames = int(resolution), int(seed), int(num_frames)
+        self.kinds_weights = {k: float(w) for k, w in weights.items() if w > 0}
+        self.background = tuple(int(c) for c in background)
+
+    def rng_for(self, index: int, split: str = "train") -> random.Random:
+        return random.Random(f"gentron-shapes-video:{self.seed}:{split}:{int(index)}")
+
+    def _object(self, rng: random.Random, color: str, shape: str, size: str) -> tuple[ShapeObject, str, float]:
+        r = SIZES[size] / 2
+        motion = rng.choice(list(MOTIONS))
+        travel = rng.uniform(*VIDEO_TRAVEL)
+        dx, dy = MOTIONS[motion]
+        lo, hi = BORDER + r, 1 - BORDER - r
+
+        def start(d: float) -> float:  # the whole path stays inside the image
+            if d > 0:
+                return rng.uniform(lo, hi - travel)
+            if d < 0:
+                return rng.uniform(lo + travel, hi)
+            return rng.uniform(lo, hi)
+
+        return ShapeObject(color, shape, size, start(dx), start(dy), r), motion, travel
+
+    def sample_scene(self, rng: RngLike, split: str = "train", kind: Optional[str] = None) -> VideoScene:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        rng = _as_random(rng)
+        kind = kind or _weighted(rng, self.kinds_weights)
+        if kind not in VIDEO_KINDS:
+            raise ValueError(f"unknown video kind {kind!r}; expected one of {VIDEO_KINDS}")
+        for _ in range(1000):
+            if kind == "single":
+                color, shape = ShapesWorld._pair(rng, split)
+                o, m, d = self._object(rng, color, shape, rng.choice(list(SIZES)))
+                vs = VideoScene([o], [m], [d], "single")
+            else:
+                c1, s1 = ShapesWorld._pair(rng, split)
+                c2 = rng.choice([c for c in COLORS if c != c1])
+                a = self._object(rng, c1, s1, MULTI_OBJECT_SIZE)
+                b = self._object(rng, c2, ShapesWorld._train_shape(rng, c2), MULTI_OBJECT_SIZE)
+                if a[1] == b[1]:
+                    continue  # two objects move in different directions
+                if rng.random() < 0.5:
+                    a, b = b, a
+                vs = VideoScene([a[0], b[0]], [a[1], b[1]], [a[2], b[2]], "pair")
+                if not all(_apart(*((o.cx, o.cy, o.radius) for o in vs.at(k / 8).objects)) for k in range(9)):
+                    continue
+            found = vs.heldout_combos()
+            if (split == "train" and not found) or (split == "heldout" and found):
+                return vs
+        raise RuntimeError(f"could not sample a {kind} video scene for split {split}")  # pragma: no cover
+
+    def frame_times(self) -> list[float]:
+        return [k / (self.num_frames - 1) for k in range(self.num_frames)]
+
+    def render(self, vs: VideoScene) -> list[Image.Image]:
+        return [render_scene(vs.at(s), self.resolution, self.background) for s in self.frame_times()]
+
+    def caption(self, vs: VideoScene) -> str:
+        return describe_video(vs)
+
+    def sample(self, index: int, split: str = "train") -> tuple[list[Image.Image], str, VideoScene]:
+        rng = self.rng_for(index, split)
+        vs = self.sample_scene(rng, split)
+        return self.render(vs), self.caption(vs), vs
+
+
+def write_shapes_video_dataset(out_dir: Union[str, Path], num: int, resolution: int = 32, seed: int = 0,
+                               split: str = "train", fmt: str = "mp4", fps: int = VIDEO_SOURCE_FPS,
+                               num_frames: int = VIDEO_SOURCE_FRAMES) -> Path:
+    """Write ``videos/NNNNNN.{mp4,gif,webm}`` + ``captions.jsonl`` (``file``, ``caption``, ``scene``) +
+    ``meta.json``: the video-folder format of :class:`gentron.data.video.VideoCaptionFolder`. MP4s are
+    lossless H.264 (RGB), so decoded frames equal the renders exactly."""
+    from gentron.data.video import write_video
+
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
+    world = ShapesVideoWorld(resolution=resolution, seed=seed, num_frames=num_frames)
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    width = max(6, len(str(num - 1)))
+    meta = {"generator": "gentron-shapes-video", "version": 1, "resolution": resolution, "seed": seed,
+            "num": num, "split": split, "fps": fps, "num_frames": num_frames, "format": fmt}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    tmp = out / "captions.jsonl.tmp"
+    with open(tmp, "w") as f:
+        for i in range(num):
+            frames, caption, vs = world.sample(i, split)
+            rel = f"videos/{i:0{width}d}.{fmt}"
+            write_video(out / rel, frames, fps=fps)
+            f.write(json.dumps({"file": rel, "caption": caption, "scene": video_scene_to_dict(vs)}) + "\n")
+    os.replace(tmp, out / "captions.jsonl")
+    return out
+
+
 __all__ = [
+    "MOTIONS", "MOTION_PHRASES", "VideoScene", "ShapesVideoWorld", "describe_video", "video_scene_to_dict",
+    "video_scene_from_dict", "write_shapes_video_dataset",
     "BACKGROUND", "COLORS", "SHAPES", "PLURALS", "SIZES", "RELATIONS", "KINDS", "DEFAULT_KIND_WEIGHTS",
     "HELDOUT_COLOR_SHAPE", "HELDOUT_SPATIAL", "TRAIN_COLOR_SHAPE", "ShapeObject", "Scene", "ShapesWorld",
     "describe", "random_caption", "render_scene", "rasterize", "pixel_box", "shape_mask", "spatial_key", "scene_to_dict",

@@ -18,6 +18,7 @@ from gentron.data.shapes import (
     HELDOUT_COLOR_SHAPE,
     HELDOUT_SPATIAL,
     RELATIONS,
+    SIZES,
     SPLITS,
     TRAIN_COLOR_SHAPE,
     COLORS,
@@ -28,10 +29,21 @@ from gentron.data.shapes import (
 )
 
 CATEGORIES: tuple[str, ...] = ("color", "shape", "count", "spatial", "complex")
-#: The scene kind each category is drawn from ("color" and "shape" share the same single-object prompts).
+#: The scene kind each category is drawn from ("color" and "shape" share the same single-object prompts;
+#: "size" prompts are single-object scenes captioned with their size, "a large red circle").
 CATEGORY_KIND: dict[str, str] = {
     "color": "single", "shape": "single", "count": "count", "spatial": "spatial", "complex": "complex",
+    "size": "single",
 }
+#: Shapes-CompBench (:mod:`gentron.eval.compbench`): the image categories, modelled on T2I-CompBench
+#: (colour / shape binding, size, counting, spatial relations, complex = 3 objects with mixed attributes).
+COMPBENCH_CATEGORIES: tuple[str, ...] = ("color", "shape", "size", "count", "spatial", "complex")
+#: Video categories of the benchmark, scored by ``gentron.eval.video_eval`` (built separately); listed here
+#: so reports and suites have one place to grow into. Not produced by :func:`eval_suite`.
+VIDEO_CATEGORIES: tuple[str, ...] = ("motion_direction", "temporal_consistency")
+#: Bumped whenever a suite's prompts could change (world vocabulary, sampling or ordering). Reports carry it
+#: together with a fingerprint of the exact prompts (:func:`suite_fingerprint`).
+SUITE_VERSION = "shapes-compbench-v1"
 
 
 @dataclass
@@ -50,6 +62,12 @@ def _targets(kind: str, split: str, seed: int) -> list[Callable[[Scene], bool]]:
         pairs = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else list(TRAIN_COLOR_SHAPE)
         order.shuffle(pairs)
         return [lambda s, p=p: (s.objects[0].color, s.objects[0].shape) == p for p in pairs]
+    if kind == "size":
+        pairs = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else list(TRAIN_COLOR_SHAPE)
+        combos = list(itertools.product(pairs, sorted(SIZES)))
+        order.shuffle(combos)
+        return [lambda s, p=p, z=z: (s.objects[0].color, s.objects[0].shape) == p and s.objects[0].size == z
+                for p, z in combos]
     if kind == "count":
         pairs = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else list(TRAIN_COLOR_SHAPE)
         combos = list(itertools.product(pairs, sorted(COUNT_WEIGHTS)))
@@ -79,7 +97,7 @@ def eval_suite(category: str, split: str = "heldout", n: int = 24, seed: int = 1
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     kind = CATEGORY_KIND[category]
     world = ShapesWorld(seed=seed)
-    targets = _targets(kind, split, seed)
+    targets = _targets("size" if category == "size" else kind, split, seed)
     out = []
     for i in range(n):
         rng = random.Random(f"eval:{seed}:{split}:{kind}:{i}")
@@ -90,8 +108,24 @@ def eval_suite(category: str, split: str = "heldout", n: int = 24, seed: int = 1
                 break
         else:  # pragma: no cover - every target is reachable; this guards future edits
             raise RuntimeError(f"could not build a {category} prompt for split {split}")
-        out.append(EvalPrompt(describe(scene), scene, category))
+        text = describe(scene)
+        if category == "size":  # "a large red circle": the size phrasing of the training captions
+            o = scene.objects[0]
+            text = f"a {o.size} {o.color} {o.shape}"
+        out.append(EvalPrompt(text, scene, category))
     return out
 
 
-__all__ = ["CATEGORIES", "CATEGORY_KIND", "EvalPrompt", "eval_suite"]
+def suite_fingerprint(prompts: list[EvalPrompt]) -> str:
+    """Short SHA-256 of a suite's prompts and ground-truth scenes: equal fingerprints mean identical suites."""
+    import hashlib
+    import json
+
+    from gentron.data.shapes import scene_to_dict
+
+    blob = json.dumps([[p.category, p.prompt, scene_to_dict(p.scene)] for p in prompts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+__all__ = ["CATEGORIES", "CATEGORY_KIND", "COMPBENCH_CATEGORIES", "VIDEO_CATEGORIES", "SUITE_VERSION", "EvalPrompt",
+           "eval_suite", "suite_fingerprint"]

@@ -18,7 +18,10 @@ encoders are added to the time embedding.
 
 Video (GenTron Sec. 3.3.1): with ``temporal_layers=True`` every block gets a TempSelfAttn between the
 cross-attention and the MLP (Eq. 3-5) whose output projection is zero-initialised, so a T2V model
-initialised from a T2I model starts as that T2I model applied frame by frame.
+initialised from a T2I model starts as that T2I model applied frame by frame. With
+``temporal_pos_embed=True`` (default) a fixed 1-D sin-cos frame embedding enters the temporal queries and
+keys only (not values, not the residual stream): still zero at init, motion-free (identity-mask) frames
+stay independent of their index, and attention can tell forward from backward time (docs/video.md).
 """
 
 from __future__ import annotations
@@ -265,9 +268,11 @@ class GenTronBlock(nn.Module):
         context_dim: Optional[int] = None,
         temporal: bool = False,
         norm_eps: float = 1e-6,
+        temporal_pos_embed: bool = False,
     ):
         super().__init__()
         self.conditioning = conditioning
+        self.temporal_pos_embed = bool(temporal and temporal_pos_embed)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.attn = Attention(hidden_size, num_heads)
         self.cross_attn = None
@@ -330,8 +335,33 @@ class GenTronBlock(nn.Module):
         xt = x.view(b, num_frames, n, d).transpose(1, 2).reshape(b * n, num_frames, d)  # Eq. 3
         if temporal_bias is not None:  # (B, T, T) → one copy per spatial position
             temporal_bias = temporal_bias.repeat_interleave(n, dim=0)[:, None]
-        out = self.temporal_attn(self.norm_temporal(xt), bias=temporal_bias)  # Eq. 4
+        h = self.norm_temporal(xt)
+        if self.temporal_pos_embed:
+            out = self._temporal_attn_with_frame_pos(h, temporal_bias)  # Eq. 4, frame positions in Q/K
+        else:
+            out = self.temporal_attn(h, bias=temporal_bias)  # Eq. 4
         return out.view(b, n, num_frames, d).transpose(1, 2).reshape(bt, n, d)  # Eq. 5
+
+    def _temporal_attn_with_frame_pos(self, h: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """TempSelfAttn whose queries and keys (not values) see a fixed 1-D sin-cos frame embedding.
+
+        Without frame positions attention over frames is permutation-equivariant and cannot tell a
+        motion's direction. The embedding P_t enters only Q and K: q = W_q(LN(x) + P_t), k likewise,
+        v = W_v LN(x). So (a) the branch is still exactly zero at init (zero output projection), and
+        (b) under the motion-free identity mask a frame attends only to itself and gets W_o·W_v·LN(x),
+        independent of its index — motion-free samples stay per-frame image models.
+        """
+        attn = self.temporal_attn
+        m, t, d = h.shape
+        pe = sincos_1d(torch.arange(t, device=h.device), d).to(h.dtype)  # (T, D)
+        qkv = attn.qkv(h)
+        pe_qk = F.linear(pe, attn.qkv.weight[: 2 * d].to(h.dtype))  # (T, 2D), no bias (already in qkv)
+        qkv = torch.cat([qkv[..., : 2 * d] + pe_qk, qkv[..., 2 * d :]], dim=-1)
+        q, k, v = qkv.view(m, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return attn.proj(out.transpose(1, 2).reshape(m, t, d))
 
 
 class FinalLayer(nn.Module):
@@ -404,6 +434,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         class_dropout: bool = True,
         micro_conditions: bool = False,
         temporal_layers: bool = False,
+        temporal_pos_embed: bool = True,
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
@@ -457,6 +488,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 context_dim=hidden_size if uses_cross else None,
                 temporal=temporal_layers,
                 norm_eps=norm_eps,
+                temporal_pos_embed=temporal_pos_embed,
             )
             for _ in range(depth)
         )

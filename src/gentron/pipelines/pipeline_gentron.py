@@ -24,7 +24,12 @@ _SLOTS = ("", "_2", "_3")
 
 
 class GenTronPipelineOutput(BaseOutput):
-    images: Any  # list of PIL images, or a numpy array (N, H, W, 3) in [0, 1], or a tensor
+    # Images: list of PIL images, or a numpy array (N, H, W, 3) in [0, 1], or a tensor (N, 3, H, W).
+    # Videos (num_frames > 1): a list (one per sample) of lists of PIL frames, or (N, T, H, W, 3) / (N, 3, T, H, W).
+    images: Any
+
+MOTION_GUIDANCE_DEFAULT = 1.0  # λ_M = 1: ordinary CFG with motion on; GenTron's useful range is 1.0-1.3
+VIDEO_TEXT_GUIDANCE_DEFAULT = 7.5  # λ_T for videos (GenTron Sec. 4)
 
 
 class GenTronPipeline(DiffusionPipeline):
@@ -116,7 +121,7 @@ class GenTronPipeline(DiffusionPipeline):
         prompt: Union[str, list[str], None] = None,
         negative_prompt: Union[str, list[str], None] = None,
         num_inference_steps: int = 20,
-        guidance_scale: float = 4.5,
+        guidance_scale: Optional[float] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
         num_images_per_prompt: int = 1,
@@ -126,15 +131,27 @@ class GenTronPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         progress: bool = True,
+        num_frames: int = 1,
+        motion_guidance_scale: float = MOTION_GUIDANCE_DEFAULT,
     ):
-        """Sample images. Guidance batches the conditional and unconditional branches in one forward.
+        """Sample images (or videos). Guidance batches all branches in one forward.
 
         Args:
             prompt: text prompt(s); ``negative_prompt`` replaces the empty prompt of the unconditional
                 branch (classifier-free guidance).
-            guidance_scale: CFG scale; ≤ 1 runs the conditional branch only.
+            guidance_scale: CFG scale (λ_T for videos); ≤ 1 runs the conditional branch only. Default 4.5 for
+                images, 7.5 for videos (GenTron's λ_T).
             height / width: output size in pixels (default: the model's training size).
             output_type: "pil" (list of PIL images), "np" (N, H, W, 3 in [0, 1]) or "pt" ([-1, 1]).
+            num_frames: > 1 samples videos (a model with ``temporal_layers``); ``images`` then holds, per
+                sample, a list of T PIL frames ("np": (N, T, H, W, 3); "pt": (N, 3, T, H, W)).
+            motion_guidance_scale: λ_M of GenTron's motion-free guidance (Eq. 6)::
+
+                    ε = ε(∅,∅) + λ_T·(ε(c_T,c_M) − ε(∅,c_M)) + λ_M·(ε(∅,c_M) − ε(∅,∅))
+
+                with λ_T = ``guidance_scale`` and ε(·,∅) the motion-free branch (identity temporal mask).
+                λ_M = 1 is ordinary CFG with motion on and skips the motion-free branch; the paper's
+                useful range is 1.0-1.3. All branches run in one batched forward.
         """
         model = self.transformer
         device = model.device
@@ -156,7 +173,17 @@ class GenTronPipeline(DiffusionPipeline):
                 raise ValueError("negative_prompt must be one string or one per prompt")
             neg = neg * (len(prompts) // num_images_per_prompt) if len(neg) == 1 else neg
             negatives = [p for p in neg for _ in range(num_images_per_prompt)]
-        guided = guidance_scale > 1.0
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+        video = num_frames > 1
+        if guidance_scale is None:
+            guidance_scale = VIDEO_TEXT_GUIDANCE_DEFAULT if video else 4.5
+        if video and not model.config.temporal_layers:
+            raise ValueError("num_frames > 1 needs a video model (temporal_layers=True)")
+        motion_guided = video and motion_guidance_scale != 1.0
+        guided = guidance_scale > 1.0 or motion_guided
+        # branches: [cond (c_T, c_M)] + [uncond (∅, c_M)] + [motion-free uncond (∅, ∅)]
+        branches = 3 if motion_guided else (2 if guided else 1)
 
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         size = model.config.sample_size * factor
@@ -165,6 +192,8 @@ class GenTronPipeline(DiffusionPipeline):
         if height % p or width % p:
             raise ValueError(f"height and width must be multiples of {p}, got {height}x{width}")
         shape = (n, model.config.in_channels, height // factor, width // factor)
+        if video:
+            shape = (n, model.config.in_channels, num_frames, height // factor, width // factor)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
         latents = latents.to(device=device, dtype=torch.float32)
@@ -173,10 +202,11 @@ class GenTronPipeline(DiffusionPipeline):
         if mode == "class":
             labels = class_labels.reshape(-1).repeat_interleave(num_images_per_prompt).to(device)
             if guided:
-                labels = torch.cat([labels, torch.full_like(labels, model.config.num_classes)])
+                null = torch.full_like(labels, model.config.num_classes)
+                labels = torch.cat([labels] + [null] * (branches - 1))
             cond_kwargs["class_labels"] = labels
         else:
-            texts = self.encode_prompt(prompts + negatives if guided else prompts, device)
+            texts = self.encode_prompt(prompts + negatives * (branches - 1), device)
             tokens = tuple(e.tokens for e in texts)
             masks = tuple(e.mask for e in texts)
             cond_kwargs["pooled_projections"] = tuple(e.pooled for e in texts)
@@ -184,26 +214,49 @@ class GenTronPipeline(DiffusionPipeline):
                 # Text keys/values are constant over the denoising steps: project them once.
                 cond_kwargs["added_cond_kwargs"] = {"text_kv": model.precompute_text_kv(tokens, masks)}
             if model.config.micro_conditions:
-                b = 2 * n if guided else n
+                b = branches * n
                 cond_kwargs.setdefault("added_cond_kwargs", {}).update(
                     resolution=torch.tensor([[height, width]], device=device, dtype=torch.float32).repeat(b, 1),
                     aspect_ratio=torch.tensor([[height / width]], device=device, dtype=torch.float32).repeat(b, 1),
                 )
 
+        if motion_guided:
+            cond_kwargs["motion_free"] = torch.arange(branches * n, device=device) >= 2 * n
+
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         learn_sigma = model.out_channels == 2 * model.config.in_channels
         for t in tqdm(self.scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
-            x = torch.cat([latents, latents]) if guided else latents
+            x = torch.cat([latents] * branches) if guided else latents
             x = self.scheduler.scale_model_input(x, t)
             out = model(x, t.expand(x.shape[0]), **cond_kwargs).sample.float()
             if guided:
-                cond, uncond = out.chunk(2)
                 c = model.config.in_channels
-                pred = cfg_combine(cond[:, :c], uncond[:, :c], guidance_scale)
+                if motion_guided:
+                    cond, uncond, free = out.chunk(3)
+                    pred = motion_free_guidance(cond[:, :c], uncond[:, :c], free[:, :c], guidance_scale,
+                                                motion_guidance_scale)
+                else:
+                    cond, uncond = out.chunk(2)
+                    pred = cfg_combine(cond[:, :c], uncond[:, :c], guidance_scale)
                 out = torch.cat([pred, cond[:, c:]], dim=1)  # keep the conditional variance (DiT)
             out = split_model_output(out, learn_sigma, self.scheduler)
             latents = scheduler_step(self.scheduler, out, t, latents, generator=generator)
+
+        if video:
+            b_, c_, t_, h_, w_ = latents.shape
+            frames = self.decode(latents.transpose(1, 2).reshape(b_ * t_, c_, h_, w_))
+            images = frames.view(b_, t_, *frames.shape[1:]).transpose(1, 2)  # (N, 3, T, H, W)
+            if output_type == "pt":
+                result = images
+            else:
+                arr = ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu().float().numpy()
+                result = arr if output_type == "np" else [
+                    [Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in arr
+                ]
+            if not return_dict:
+                return (result,)
+            return GenTronPipelineOutput(images=result)
 
         images = self.decode(latents)
         if output_type == "pt":
@@ -221,6 +274,16 @@ class GenTronPipeline(DiffusionPipeline):
             return latents
         scaling = getattr(self.vae.config, "scaling_factor", 1.0)
         return self.vae.decode(latents.to(self.vae.dtype) / scaling).sample.float()
+
+
+def motion_free_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, eps_free: torch.Tensor,
+                         text_scale: float, motion_scale: float) -> torch.Tensor:
+    """GenTron Eq. 6: ε(∅,∅) + λ_T·(ε(c_T,c_M) − ε(∅,c_M)) + λ_M·(ε(∅,c_M) − ε(∅,∅)).
+
+    ``eps_cond`` = ε(c_T, c_M), ``eps_uncond`` = ε(∅, c_M), ``eps_free`` = ε(∅, ∅) (motion-free mask).
+    With λ_M = 1 this is ordinary CFG ε(∅,c_M) + λ_T·(ε(c_T,c_M) − ε(∅,c_M)).
+    """
+    return eps_free + text_scale * (eps_cond - eps_uncond) + motion_scale * (eps_uncond - eps_free)
 
 
 def make_grid(images: Sequence[Image.Image], captions: Optional[Sequence[str]] = None, cols: Optional[int] = None,

@@ -91,6 +91,13 @@ class TrainSection:
     sample_every: int = 0  # 0 = only at the end
     max_minutes: float = 0.0  # stop cleanly after this wall time (0 = no limit)
     threads: int = 0  # torch CPU threads (0 = torch default)
+    # -- scale-out (docs/training-at-scale.md); batch_size is per process under torchrun --
+    parallel: str = "none"  # none | ddp | fsdp (FSDP2 fully_shard per block + root); needs torchrun for >1 process
+    activation_checkpointing: str = "off"  # off | all | every_k (recompute every ac_every-th block)
+    ac_every: int = 2
+    fsdp_param_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32; gradients reduce in fp32
+    max_nonfinite_in_a_row: int = 20  # stop with an error after this many skipped non-finite steps (0 = never)
+    peak_tflops: float = 0.0  # per-device peak for the MFU estimate (0 = guess from the device)
 
 
 @dataclass
@@ -115,6 +122,24 @@ class VaeConfig:
 
 
 @dataclass
+class VideoSection:
+    """Text-to-video training (GenTron Sec. 3.3); active when ``num_frames > 1`` (needs
+    ``model.temporal_layers: true``). The ``data:`` section is then the *image* data of joint
+    image-video training, configured side by side with the clips here."""
+
+    num_frames: int = 1  # T frames per clip; 1 = image (T2I) training
+    fps: float = 4.0  # target frame rate the T frames are sampled at (from each source's own rate)
+    kind: str = "shapes"  # shapes (moving shapes, generated when missing) | folder (mp4/webm/gif + captions)
+    path: str = "data/shapes-video-32"
+    num: int = 2000  # clips to generate for kind=shapes
+    seed: int = 0  # moving-shapes generator seed
+    p_motion_free: float = 0.5  # probability a sample's TempSelfAttn uses the identity (motion-free) mask
+    motion_free_source: str = "image"  # image: motion-free samples are data: images repeated T times
+    #                                    (joint image-video training, the paper); video: real clips, masked
+    init_from: Optional[str] = None  # T2I run dir / pipeline dir / checkpoint: load shared weights
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -123,6 +148,7 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleSection = field(default_factory=SampleSection)
     vae: VaeConfig = field(default_factory=VaeConfig)
+    video: VideoSection = field(default_factory=VideoSection)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -271,7 +297,33 @@ def validate(cfg: RunConfig) -> None:
     for key in ("steps", "batch_size", "grad_accum"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be ≥ 1")
+    if cfg.train.parallel not in ("none", "ddp", "fsdp"):
+        raise ConfigError(f"train.parallel must be none, ddp or fsdp, got {cfg.train.parallel!r}")
+    if cfg.train.activation_checkpointing not in ("off", "all", "every_k"):
+        raise ConfigError(
+            f"train.activation_checkpointing must be off, all or every_k, got {cfg.train.activation_checkpointing!r}"
+        )
+    if cfg.train.ac_every < 1:
+        raise ConfigError("train.ac_every must be ≥ 1")
+    if cfg.train.fsdp_param_dtype not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.fsdp_param_dtype must be auto, bf16 or fp32, got {cfg.train.fsdp_param_dtype!r}")
+    if cfg.train.max_nonfinite_in_a_row < 0:
+        raise ConfigError("train.max_nonfinite_in_a_row must be ≥ 0 (0 = never stop)")
     if not 0.0 <= cfg.train.caption_dropout < 1.0:
         raise ConfigError("train.caption_dropout must be in [0, 1)")
+    v = cfg.video
+    if v.num_frames < 1:
+        raise ConfigError("video.num_frames must be ≥ 1")
+    if v.num_frames > 1:
+        if not cfg.model.temporal_layers:
+            raise ConfigError("video.num_frames > 1 needs model.temporal_layers: true")
+        if v.fps <= 0:
+            raise ConfigError("video.fps must be > 0")
+        if v.kind not in ("shapes", "folder"):
+            raise ConfigError(f"video.kind must be shapes or folder, got {v.kind!r}")
+        if not 0.0 <= v.p_motion_free <= 1.0:
+            raise ConfigError("video.p_motion_free must be in [0, 1]")
+        if v.motion_free_source not in ("image", "video"):
+            raise ConfigError(f"video.motion_free_source must be image or video, got {v.motion_free_source!r}")
     if cfg.model.conditioning != "class" and not cfg.text.encoders:
         raise ConfigError("text.encoders is empty; text-conditioned models need at least one encoder")

@@ -11,6 +11,10 @@ class EMA:
 
     With ``warmup`` the decay ramps as min(decay, (1 + n) / (10 + n)) so that short runs (the CPU demo)
     get an average of the recent weights instead of one dominated by the random init.
+
+    Works with FSDP2-sharded parameters: the shadow of a DTensor parameter is a DTensor with the same
+    sharding, and the lerp runs on the local shards (no communication). Sharded shadows are saved with
+    `torch.distributed.checkpoint`; `full_state_dict` all-gathers them (collective) for export.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
@@ -29,8 +33,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         params = dict(model.named_parameters())
-        live = [params[n].detach().float() for n in self.names]
-        torch._foreach_lerp_(self.shadow, live, 1.0 - self.current_decay())
+        live = [_local(params[n].detach()).float() for n in self.names]
+        torch._foreach_lerp_([_local(s) for s in self.shadow], live, 1.0 - self.current_decay())
         self.num_updates += 1
 
     @torch.no_grad()
@@ -42,6 +46,10 @@ class EMA:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: s for n, s in zip(self.names, self.shadow)}
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded fp32 shadow (all-gathers DTensors: every rank must call it)."""
+        return {n: (s.full_tensor() if _is_dtensor(s) else s) for n, s in zip(self.names, self.shadow)}
+
     def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int) -> None:
         missing = [n for n in self.names if n not in state]
         if missing:
@@ -51,3 +59,15 @@ class EMA:
                 raise ValueError(f"EMA tensor {n!r} has shape {tuple(state[n].shape)}, model has {tuple(self.shadow[i].shape)}")
             self.shadow[i].copy_(state[n])
         self.num_updates = num_updates
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if _is_dtensor(t) else t

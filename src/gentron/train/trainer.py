@@ -24,8 +24,10 @@ from gentron.diffusion import DiffusionConfig, GaussianDiffusion
 from gentron.models.transformer import GenTronTransformer, count_parameters, zoo_config
 from gentron.text import TextEmbedding, TextEncoder, load_text_encoders
 from gentron.train import checkpoint as ckpt
+from gentron.train import distributed as D
 from gentron.train.config import ConfigError, RunConfig
 from gentron.train.ema import EMA
+from gentron.train.video import video_motion_free
 
 # ------------------------------------------------------------------------------------------------
 # Device and precision
@@ -114,6 +116,11 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
     """The training dataset; for ``data.kind=shapes`` the images are generated on first use."""
     from gentron.data.folder import ImageCaptionFolder
 
+    if getattr(cfg, "video", None) is not None and cfg.video.num_frames > 1:  # T2V: clips (+ images), data/video.py
+        from gentron.data.video import prepare_video_data
+
+        return prepare_video_data(cfg, log)
+
     path = Path(cfg.data.path)
     if cfg.data.kind == "shapes" and not (path / "captions.jsonl").is_file():
         from gentron.data.shapes import write_shapes_dataset
@@ -181,8 +188,13 @@ class TextBank:
 # ------------------------------------------------------------------------------------------------
 
 
+class NonFiniteError(RuntimeError, ValueError):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
 class Trainer:
-    """Single-process trainer (DDP / FSDP2 build on the same loop)."""
+    """One training loop for one process or many (torchrun): DDP / FSDP2 are a wrapping step
+    (`gentron.train.distributed`), the batch of step ``s`` is a function of (seed, s) split across ranks."""
 
     def __init__(
         self,
@@ -194,26 +206,52 @@ class Trainer:
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.log = log
-        self.show_progress = show_progress
-        self.device = resolve_device(cfg.train.device)
+        self.ctx = D.init_from_env(resolve_device(cfg.train.device))
+        self.log = log if self.ctx.is_main else (lambda s: None)  # rank-0-only logging
+        log = self.log
+        self.show_progress = show_progress and self.ctx.is_main
+        show_progress = self.show_progress
+        self.device = self.ctx.device
         self.autocast_dtype = resolve_autocast(cfg.train.precision, self.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)  # same on every rank: FSDP2 shards each rank's own init
+        self.parallel = cfg.train.parallel if self.ctx.enabled else "none"
+        if cfg.train.parallel != "none" and not self.ctx.enabled:
+            log(f"train.parallel={cfg.train.parallel} in a single process: running unwrapped "
+                "(launch with torchrun --nproc_per_node=N for more processes)")
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
-        # data first: a wrong path must fail before any model is built
+        # data first: a wrong path must fail before any model is built; rank 0 generates, then the rest read
+        if not self.ctx.is_main:
+            D.barrier(self.ctx)
         dataset = prepare_dataset(cfg, log)
+        if self.ctx.is_main:
+            D.barrier(self.ctx)
         if len(dataset) == 0:
             raise ValueError(f"dataset {cfg.data.path} is empty")
         self.dataset = dataset
         self.data = preload(dataset, log, show_progress) if cfg.data.preload else None
+        from gentron.train.video import make_video_plan  # T2V joint image-video batches (None for T2I)
+
+        self.video_plan = make_video_plan(cfg, dataset, self.ctx.world)
 
         self.text_encoders = load_text_encoders([_entry_dict(e) for e in cfg.text.encoders], device=self.device)
         self.model = build_transformer(cfg, self.text_encoders).to(self.device)
+        if getattr(cfg, "video", None) is not None and cfg.video.init_from:  # T2I → T2V (train/video.py)
+            from gentron.train.video import init_from_t2i
+
+            init_from_t2i(self.model, cfg.video.init_from, log)
+        self.ac_blocks = D.apply_activation_checkpointing(self.model, cfg.train.activation_checkpointing,
+                                                          cfg.train.ac_every)
+        fsdp_dtype = {"bf16": torch.bfloat16, "fp32": None}.get(
+            cfg.train.fsdp_param_dtype, torch.bfloat16 if self.device.type == "cuda" else None)
+        self.train_model = D.wrap_model(self.model, self.parallel, self.ctx, fsdp_dtype)
+        if self.ctx.enabled:  # from here on the global RNG may differ per rank (training draws are keyed)
+            torch.manual_seed(cfg.train.seed + 1_000_003 * self.ctx.rank)
         self.diffusion = GaussianDiffusion(diffusion_config(cfg))
         self.banks: list[Optional[TextBank]] = [
             TextBank(enc, self.data.captions, self.device, show_progress=show_progress)
@@ -232,6 +270,7 @@ class Trainer:
         self.ema = EMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         self.step = 0
         self.nonfinite_skips = 0
+        self.nonfinite_in_a_row = 0
         self.start_time = time.time()
         self._stop_requested = False
         if resume:
@@ -239,15 +278,43 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
+        state = None
         if resume == "auto":
-            found = ckpt.find_resumable(self.run_dir)
-            if found is None:
+            where = None
+            if self.ctx.is_main:  # rank 0 picks (and validates) the newest complete checkpoint
+                found = ckpt.find_resumable(self.run_dir)
+                if found is not None:
+                    where, state = str(found[0]), found[1]
+            where = D.broadcast_object(where, self.ctx)
+            if where is None:
                 self.log("resume=auto: no complete checkpoint found, starting from scratch")
                 return
-            where, state = found
+            where = Path(where)
         else:
             where = Path(resume)
+        if state is None:
             state = ckpt.load_checkpoint(where)
+        meta = state["meta"]
+        if "dcp" in state:
+            if self.parallel != "fsdp":
+                raise ValueError(f"checkpoint {where} is sharded (FSDP2): resume it with train.parallel=fsdp under torchrun")
+            self._load_sharded(state["dcp"])
+        else:
+            if self.parallel == "fsdp":
+                raise ValueError(f"checkpoint {where} was written without FSDP; resume it with train.parallel=ddp or none")
+            self._load_replicated(where, state)
+        self.step = int(meta["step"])
+        self.nonfinite_skips = int(meta.get("nonfinite_skips", 0))
+        rng = ckpt.read_rng_state(where, self.ctx.rank) or (meta.get("rng") if self.ctx.rank == 0 else None)
+        if rng and "torch" in rng:
+            torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        old_gb = (meta.get("data") or {}).get("global_batch")
+        if old_gb is not None and old_gb != self.global_batch:
+            self.log(f"warning: global batch changed on resume ({old_gb} -> {self.global_batch}); "
+                     "the data order continues from step position, not from the same sample")
+        self.log(f"resumed from {where} at step {self.step}")
+
+    def _load_replicated(self, where: Path, state: dict) -> None:
         model_state = {k: v for k, v in state["model"].items() if not k.startswith("text.")}
         missing, unexpected = self.model.load_state_dict(model_state, strict=False)
         if missing or unexpected:
@@ -262,9 +329,25 @@ class Trainer:
         for i, enc in enumerate(self.trainable_text):
             prefix = f"text.{i}."
             enc.load_state_dict({k[len(prefix) :]: v for k, v in text_states.items() if k.startswith(prefix)})
-        self.step = int(meta["step"])
-        self.nonfinite_skips = int(meta.get("nonfinite_skips", 0))
-        self.log(f"resumed from {where} at step {self.step}")
+
+    def _sharded_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        return {"model": msd, "optim": osd, "ema": self.ema.state_dict()}
+
+    def _load_sharded(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._sharded_state()
+        D.dcp_load(state, path)  # EMA shadows are loaded in place
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        meta = json.loads((Path(path).parent / "trainer_state.json").read_text())
+        self.ema.num_updates = int(meta.get("ema_updates", meta["step"]))
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.ctx.world * self.cfg.train.grad_accum
 
     def model_state(self) -> dict[str, torch.Tensor]:
         state = dict(self.model.state_dict())
@@ -273,6 +356,14 @@ class Trainer:
         return state
 
     def save_checkpoint(self) -> Path:
+        """Model, EMA, optimizer, LR schedule, step, data position, per-rank RNG, config, version — atomically.
+
+        One process: safetensors + ``optimizer.pt`` (unchanged format). DDP: the same files from rank 0 (they
+        are replicated) plus every rank's RNG state. FSDP2: shards of model, EMA and optimizer via
+        `torch.distributed.checkpoint` in ``dcp/``. All ranks must call this.
+        """
+        samples = self.step * self.global_batch
+        n = len(self.data) if self.data is not None else len(self.dataset)
         meta = {
             "step": self.step,
             "ema_updates": self.ema.num_updates,
@@ -280,13 +371,43 @@ class Trainer:
             "gentron_version": gentron.__version__,
             "config": self.cfg.to_dict(),
             "rng": {"torch": torch.get_rng_state().tolist()},
+            "world_size": self.ctx.world,
+            "parallel": self.parallel,
+            "lr_scheduler": {"schedule": self.cfg.train.lr_schedule, "next_lr": self.lr_at(self.step),
+                             "warmup_steps": self.cfg.train.warmup_steps},
+            "data": {"global_batch": self.global_batch, "samples_seen": samples, "epoch": samples // n,
+                     "position_in_epoch": samples % n, "order": "randperm(seed, epoch), split by rank"},
         }
-        where = ckpt.save_checkpoint(
-            self.run_dir, self.step, self.model_state(), self.ema.state_dict(), self.optimizer.state_dict(), meta,
-            keep=self.cfg.train.keep_checkpoints,
-        )
+        rng = {"torch": torch.get_rng_state().tolist()}
+        keep = self.cfg.train.keep_checkpoints
+        if not self.ctx.enabled:
+            where = ckpt.save_checkpoint(
+                self.run_dir, self.step, self.model_state(), self.ema.state_dict(), self.optimizer.state_dict(), meta,
+                keep=keep, rng_state=rng,
+            )
+        else:
+            where = self._save_distributed(meta, rng, keep)
         self.export_pipeline(self.run_dir / "pipeline")
         return where
+
+    def _save_distributed(self, meta: dict, rng: dict, keep: int) -> Path:
+        ctx = self.ctx
+        tag = D.broadcast_object(os.getpid(), ctx)  # one shared temporary directory, named by rank 0
+        tmp = self.run_dir / "checkpoints" / f".tmp_{ckpt.step_dir_name(self.step)}_{tag}"
+        if ctx.is_main:
+            ckpt.begin_checkpoint(self.run_dir, self.step, tag)
+        D.barrier(ctx)
+        if self.parallel == "fsdp":
+            D.dcp_save(self._sharded_state(), tmp / "dcp")
+        elif ctx.is_main:
+            ckpt.write_state_files(tmp, self.model_state(), self.ema.state_dict(), self.optimizer.state_dict())
+        ckpt.write_rng_state(tmp, ctx.rank, rng)
+        if ctx.is_main:
+            (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        D.barrier(ctx)
+        where = ckpt.commit_checkpoint(self.run_dir, self.step, tmp, keep) if ctx.is_main else None
+        D.barrier(ctx)
+        return self.run_dir / "checkpoints" / ckpt.step_dir_name(self.step)
 
     # -- one step ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -306,8 +427,15 @@ class Trainer:
         return lr
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
-        """Dataset indices of a micro-batch: epoch-wise permutations that depend only on the seed."""
-        b = self.cfg.train.batch_size
+        """This rank's dataset indices of a micro-batch: its slice of `global_batch_indices`."""
+        return self.global_batch_indices(step, micro)[D.rank_slice(self.cfg.train.batch_size * self.ctx.world, self.ctx)]
+
+    def global_batch_indices(self, step: int, micro: int) -> torch.Tensor:
+        """Indices of the global micro-batch (all ranks): epoch-wise permutations that depend only on the seed,
+        so the data order (and the loader position in a checkpoint) is a function of (seed, step)."""
+        if getattr(self, "video_plan", None) is not None:  # T2V: per-sample motion-free mix (data/video.py)
+            return self.video_plan.draw(step * self.cfg.train.grad_accum + micro)[0]
+        b = self.cfg.train.batch_size * self.ctx.world
         n = len(self.data) if self.data is not None else len(self.dataset)
         start = (step * self.cfg.train.grad_accum + micro) * b
         out = []
@@ -338,6 +466,34 @@ class Trainer:
                 out.append(enc.encode(captions, device=self.device))
         return out
 
+    def sample_randomness(self, step: int, micro: int, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Caption dropout, timestep and noise for each sample of this rank's micro-batch.
+
+        Keyed by (seed, step, micro, global position in the micro-batch): sample j gets the same draws
+        whatever the number of processes, so N processes reproduce one process with the same global batch.
+        """
+        cfg = self.cfg
+        key = step * cfg.train.grad_accum + micro
+        offset = self.ctx.rank * shape[0]
+        drops, ts, noises = [], [], []
+        for j in range(shape[0]):
+            g = torch.Generator().manual_seed(D.sample_seed(cfg.train.seed, key, offset + j))
+            drops.append(torch.rand(1, generator=g))
+            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=g))
+            noises.append(torch.randn(tuple(shape[1:]), generator=g))
+        return torch.cat(drops) < cfg.train.caption_dropout, torch.cat(ts), torch.stack(noises)
+
+    def _sync_context(self, micro: int):
+        """Gradient all-reduce only on the last micro-batch of an accumulation."""
+        import contextlib
+
+        last = micro == self.cfg.train.grad_accum - 1
+        if self.parallel == "ddp" and not last:
+            return self.train_model.no_sync()
+        if self.parallel == "fsdp":
+            self.train_model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
     def train_step(self) -> dict[str, Any]:
         cfg = self.cfg
         lr = self.lr_at(self.step)
@@ -345,30 +501,32 @@ class Trainer:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.train.grad_accum):
-            g = step_generator(cfg.train.seed, self.step * cfg.train.grad_accum + micro)
             idx = self.batch_indices(self.step, micro)
             x0, captions, ids = self.load_batch(idx)
-            b = x0.shape[0]
-            drop = torch.rand(b, generator=g) < cfg.train.caption_dropout
-            t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=g)
-            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            drop, t, noise = self.sample_randomness(self.step, micro, x0.shape)
+            noise = noise.to(self.device)
             t = t.to(self.device)
             text = self.text_conditioning(captions, ids, drop)
             x_t = self.diffusion.q_sample(x0, t, noise)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                out = self.model(
-                    x_t, t,
-                    encoder_hidden_states=tuple(e.tokens for e in text),
-                    encoder_attention_mask=tuple(e.mask for e in text),
-                    pooled_projections=tuple(e.pooled for e in text),
-                ).sample
-            losses = self.diffusion.training_losses(out.float(), x0, x_t, t, noise)
-            loss = losses["loss"].mean()
-            (loss / cfg.train.grad_accum).backward()
+            with self._sync_context(micro):
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    out = self.train_model(
+                        x_t, t,
+                        encoder_hidden_states=tuple(e.tokens for e in text),
+                        encoder_attention_mask=tuple(e.mask for e in text),
+                        pooled_projections=tuple(e.pooled for e in text),
+                        motion_free=video_motion_free(self, micro),
+                    ).sample
+                losses = self.diffusion.training_losses(out.float(), x0, x_t, t, noise)
+                loss = losses["loss"].mean()
+                (loss / cfg.train.grad_accum).backward()
             total = total + loss.detach() / cfg.train.grad_accum
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf"))
+        # loss = mean over the global batch; DDP/FSDP already averaged the model's gradients
+        total = D.all_reduce_mean(total, self.ctx)
+        D.average_gradients([p for enc in self.trainable_text for p in enc.parameters() if p.requires_grad], self.ctx)
+        grad_norm = D.clip_grad_norm(params, cfg.train.grad_clip, self.ctx, sharded=self.parallel == "fsdp")
         finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
@@ -385,13 +543,19 @@ class Trainer:
         n_params = count_parameters(self.model)
         self.log(
             f"gentron {gentron.__version__} | {cfg.model.name} {cfg.model.conditioning} | {n_params / 1e6:.2f}M params | "
-            f"device {self.device} | autocast {self.autocast_dtype or 'fp32'} | "
-            f"global batch {cfg.train.batch_size * cfg.train.grad_accum} "
-            f"(= {cfg.train.batch_size} per step × 1 process × {cfg.train.grad_accum} accumulation)"
+            f"device {self.device} | autocast {self.autocast_dtype or 'fp32'} | parallel {self.parallel} | "
+            f"activation checkpointing {cfg.train.activation_checkpointing} ({len(self.ac_blocks)} blocks) | "
+            f"global batch {self.global_batch} "
+            f"(= {cfg.train.batch_size} per rank × {self.ctx.world} process{'es' if self.ctx.world > 1 else ''} × "
+            f"{cfg.train.grad_accum} accumulation)"
         )
+        main = self.ctx.is_main
         metrics_path = self.run_dir / "metrics.jsonl"
-        writer = _tensorboard(self.run_dir / "tensorboard")
+        writer = _tensorboard(self.run_dir / "tensorboard") if main else None
         handlers = _install_stop_handlers(self)
+        flops_per_image = training_flops_per_image(self.model)
+        peak_flops = peak_flops_per_device(self.device, cfg.train.peak_tflops)
+        mfu_values: list[float] = []
         pbar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.show_progress,
                     dynamic_ncols=True)
         t_last, step_last = time.time(), self.step
@@ -400,22 +564,42 @@ class Trainer:
         stopped_early = None
         loss_ema = None
         try:
-            with open(metrics_path, "a") as metrics:
+            with (open(metrics_path, "a") if main else open(os.devnull, "w")) as metrics:
                 while self.step < cfg.train.steps:
                     out = self.train_step()
                     pending.append((self.step, out["loss"], out["grad_norm"], out["lr"]))
                     pbar.update(1)
+                    self.nonfinite_in_a_row = 0 if out["finite"] else self.nonfinite_in_a_row + 1
+                    limit = cfg.train.max_nonfinite_in_a_row
+                    if limit > 0 and self.nonfinite_in_a_row >= limit:
+                        kept = ckpt.list_checkpoints(self.run_dir)
+                        raise NonFiniteError(
+                            f"{self.nonfinite_in_a_row} non-finite steps in a row (loss {float(out['loss'])}, grad-norm "
+                            f"{float(out['grad_norm'])}) at step {self.step}; train.max_nonfinite_in_a_row={limit}. "
+                            f"Stopping; last good checkpoint: {kept[-1] if kept else 'none'}. Lower train.lr, "
+                            "check the data, or use train.precision=fp32."
+                        )
+                    # every rank must agree to stop (signal to one rank, or wall-clock budget)
+                    flag = 1.0 if self._stop_requested else 0.0
+                    if deadline is not None and time.time() > deadline:
+                        flag = max(flag, 0.5)
+                    if self.ctx.enabled:
+                        flag = D.all_reduce_max(flag, self.ctx)
+                    self._stop_requested = flag >= 1.0
+                    out_of_time = 0.0 < flag < 1.0
                     last = self.step >= cfg.train.steps
-                    if self.step % cfg.train.log_every == 0 or last or self._stop_requested:
+                    if self.step % cfg.train.log_every == 0 or last or self._stop_requested or out_of_time:
                         now = time.time()
-                        ips = (self.step - step_last) * cfg.train.batch_size * cfg.train.grad_accum / max(now - t_last, 1e-9)
+                        ips = (self.step - step_last) * self.global_batch / max(now - t_last, 1e-9)
                         t_last, step_last = now, self.step
                         for s, l, gn, lr in pending:  # one host sync per log interval
                             rec = {"step": s, "loss": float(l), "grad_norm": float(gn), "lr": lr}
                             metrics.write(json.dumps(rec) + "\n")
                         rec.update(img_per_s=ips, nonfinite_skips=self.nonfinite_skips, elapsed_s=now - self.start_time)
-                        if self.device.type == "cuda":
-                            rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                        if peak_flops:
+                            rec["mfu"] = ips * flops_per_image / (peak_flops * self.ctx.world)
+                            mfu_values.append(rec["mfu"])
+                        rec["peak_mem_gib"] = peak_memory_gib(self.device)
                         metrics.flush()
                         if writer is not None:
                             for k, v in rec.items():
@@ -426,14 +610,15 @@ class Trainer:
                             self.log(f"warning: loss spike at step {s}: {rec['loss']:.4f} vs running {loss_ema:.4f}")
                         pbar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.0f}")
                         pending.clear()
-                    if cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0 and not last:
+                    if (cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0 and not last
+                            and self.nonfinite_in_a_row == 0):
                         self.save_checkpoint()
                     if cfg.train.sample_every > 0 and self.step % cfg.train.sample_every == 0 and not last:
                         self.sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png")
                     if self._stop_requested:
                         stopped_early = "signal"
                         break
-                    if deadline is not None and time.time() > deadline:
+                    if out_of_time:
                         stopped_early = "time budget"
                         break
         finally:
@@ -454,28 +639,57 @@ class Trainer:
             "pipeline": str(self.run_dir / "pipeline"),
             "samples": str(grid) if grid else None,
             "stopped_early": stopped_early,
+            "world_size": self.ctx.world,
+            "parallel": self.parallel,
+            "global_batch": self.global_batch,
+            "mfu_estimate": (sum(mfu_values) / len(mfu_values)) if mfu_values else None,
+            "peak_mem_gib": peak_memory_gib(self.device),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        mfu_txt = f", MFU ≈ {summary['mfu_estimate'] * 100:.2f}%" if summary["mfu_estimate"] is not None else ""
         self.log(
             f"done: {self.step} steps in {elapsed / 60:.1f} min, loss {loss_ema if loss_ema is None else round(loss_ema, 4)}, "
             f"skipped data {summary['skipped_data'] or 'none'}, non-finite steps skipped {self.nonfinite_skips}"
             + (f", stopped early ({stopped_early})" if stopped_early else "")
+            + f"\n  {self.ctx.world} process(es), {self.parallel}, global batch {self.global_batch}{mfu_txt}, "
+            f"peak memory {summary['peak_mem_gib']:.2f} GiB ({'CUDA allocated' if self.device.type == 'cuda' else 'RSS'})"
             + f"\n  checkpoint: {where}\n  pipeline (EMA weights): {self.run_dir / 'pipeline'}"
         )
+        D.barrier(self.ctx)
+        self.ctx.close()
         return summary
 
     # -- outputs -------------------------------------------------------------------------------
-    def ema_model(self) -> GenTronTransformer:
+    def ema_model(self) -> Optional[GenTronTransformer]:
+        """An unsharded copy of the model with the EMA weights (collective under FSDP2; None off rank 0)."""
+        if self.parallel != "fsdp":
+            if not self.ctx.is_main:
+                return None
+            model = GenTronTransformer.from_config(self.model.config)
+            model.load_state_dict(self.model.state_dict())
+            self.ema.copy_to(model)
+            return model.to(self.device).eval()
+        full_state = {k: D.full(v) for k, v in self.model.state_dict().items()}
+        ema = self.ema.full_state_dict()
+        if not self.ctx.is_main:
+            return None
         model = GenTronTransformer.from_config(self.model.config)
-        model.load_state_dict(self.model.state_dict())
-        self.ema.copy_to(model)
+        model.load_state_dict({k: v.float() for k, v in full_state.items()})
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, v in ema.items():
+                params[n].copy_(v.to(params[n].dtype))
         return model.to(self.device).eval()
 
     def export_pipeline(self, out_dir: Path) -> None:
         from gentron.pipelines import GenTronPipeline
 
+        model = self.ema_model()
+        if model is None:
+            return
         pipe = GenTronPipeline.from_parts(
-            self.ema_model(), self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler
+            model, self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler
         )
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         if tmp.exists():
@@ -495,8 +709,11 @@ class Trainer:
         prompts = list(self.cfg.sample.prompts)
         if not prompts:
             return None
+        model = self.ema_model()
+        if model is None:
+            return None
         pipe = GenTronPipeline.from_parts(
-            self.ema_model(), self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler
+            model, self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler
         )
         g = torch.Generator().manual_seed(self.cfg.sample.seed)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -506,6 +723,51 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         make_grid(images, captions=prompts).save(path)
         return path
+
+
+def training_flops_per_image(model: GenTronTransformer) -> float:
+    """Analytic training FLOPs per image (or clip): 3 × forward (fwd + 2× bwd), recomputation not counted.
+
+    Forward = 2 × (block + final-layer matmul parameters) × tokens + attention scores and mixing
+    (4 × tokens² × hidden per self-attention, 4 × tokens × text tokens × hidden per cross-attention,
+    text length taken as 77 when unknown). An estimate for MFU, not a profiler count.
+    """
+    c = model.config
+    frames = max(int(getattr(c, "num_frames", 1) or 1), 1)
+    tokens = (int(c.sample_size) // int(c.patch_size)) ** 2 * frames
+    hidden, depth = int(c.hidden_size), int(c.depth)
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2)
+    attn = depth * 4 * tokens * tokens * hidden
+    if getattr(c, "conditioning", "") == "cross-attn":
+        attn += depth * 4 * tokens * 77 * hidden
+    return 3.0 * (2.0 * matmul_params * tokens + attn)
+
+
+def peak_flops_per_device(device: torch.device, peak_tflops: float = 0.0) -> float:
+    """Peak FLOP/s for MFU: ``train.peak_tflops`` if set; else bf16 dense peaks of known GPUs, or a rough CPU
+    figure (cores × 2.5 GHz × 32 fp32 FLOP/cycle, AVX2 FMA). 0 when unknown (MFU is then not reported)."""
+    if peak_tflops > 0:
+        return peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tf in (("H200", 989), ("H100", 989), ("A100", 312), ("L40", 181), ("A10", 125), ("4090", 165),
+                        ("V100", 125)):
+            if key in name:
+                return tf * 1e12
+        return 0.0
+    return torch.get_num_threads() * 2.5e9 * 32
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """CUDA: peak allocated by torch. CPU: the process's peak resident set size (ru_maxrss)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    except Exception:  # noqa: BLE001
+        return 0.0
 
 
 def _entry_dict(entry: Any) -> dict:

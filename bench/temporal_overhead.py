@@ -1,0 +1,92 @@
+"""T2V cost of GenTron's temporal attention: per-frame time with vs without `temporal_layers`.
+
+Same GenTron model (demo shapes, cross-attention) built twice, once with a TempSelfAttn in every block;
+both run on the same (B, C, T, H, W) video batch (the model without temporal layers runs the frames as
+images). Interleaved A/B rounds, median; reports sampling-style forward (no grad) and train step.
+
+    python bench/temporal_overhead.py [--frames 8] [--videos 4] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gentron.bench import autocast, build_gentron, demo_bench_config, make_inputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--videos", type=int, default=4, help="videos per train batch (4 × 8 frames = demo batch 32)")
+    ap.add_argument("--sample-videos", type=int, default=2, help="videos per forward (CFG batch 2)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args()
+    cfg = demo_bench_config()
+    if args.threads or cfg.threads:
+        torch.set_num_threads(args.threads or cfg.threads)
+    torch.set_flush_denormal(True)
+    dev = torch.device("cpu")
+    models = {"image": build_gentron(cfg, "cross-attn"), "temporal": build_gentron(cfg, "cross-attn", temporal_layers=True)}
+    for m in models.values():  # non-zero temporal output projections so nothing is short-cut
+        for blk in m.blocks:
+            if blk.temporal_attn is not None:
+                torch.nn.init.normal_(blk.temporal_attn.proj.weight, std=0.02)
+
+    def video_inputs(n_videos: int):
+        inp = make_inputs(cfg, "cross-attn", n_videos, dev)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n_videos, cfg.in_channels, args.frames, cfg.resolution, cfg.resolution, generator=g)
+        return dict(hidden_states=x, timestep=inp.t, encoder_hidden_states=inp.tokens,
+                    encoder_attention_mask=inp.mask, pooled_projections=inp.pooled)
+
+    def forward_fn(model, kw):
+        model.eval()
+
+        @torch.no_grad()
+        def f():
+            with autocast(dev, args.precision):
+                model(**kw)
+        return f
+
+    def train_fn(model, kw):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+
+        def f():
+            with autocast(dev, args.precision):
+                out = model(**kw).sample
+            out.float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return f
+
+    print(f"GenTron {cfg.model} cross-attn, {args.frames} frames at {cfg.resolution}², {args.precision}, "
+          f"{torch.get_num_threads()} threads")
+    for what, make, n in (("sample forward", forward_fn, args.sample_videos), ("train step", train_fn, args.videos)):
+        kw = video_inputs(n)
+        fns = {k: make(m, kw) for k, m in models.items()}
+        for f in fns.values():
+            f(); f()
+        times = {k: [] for k in fns}
+        for r in range(args.rounds):
+            for k in (fns if r % 2 == 0 else reversed(list(fns))):
+                t0 = time.perf_counter()
+                for _ in range(args.iters):
+                    fns[k]()
+                times[k].append((time.perf_counter() - t0) / args.iters)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        frames = n * args.frames
+        print(f"{what:<15} ({n} videos × {args.frames} frames): per frame {1e3 * med['image'] / frames:.2f} ms without, "
+              f"{1e3 * med['temporal'] / frames:.2f} ms with temporal attention → "
+              f"+{100 * (med['temporal'] / med['image'] - 1):.1f}% per frame", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Text-to-video (GitHub issue 4): moving shapes, video folders, TempSelfAttn init, motion-free mask and
+guidance, joint image-video training, video sampling and evaluation."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gentron.data.shapes import HELDOUT_COLOR_SHAPE, MOTIONS, ShapesVideoWorld, describe_video
+from gentron.data.video import (
+    VideoCaptionFolder,
+    VideoTooShort,
+    load_clip,
+    sample_frame_indices,
+    write_video,
+)
+from gentron.eval.detector import detect
+from gentron.models.transformer import GenTronTransformer, zoo_config
+
+TEXT_DIM = 24
+
+
+def tiny_video_model(**kw) -> GenTronTransformer:
+    torch.manual_seed(0)
+    cfg = zoo_config("GenTron-T/2", conditioning="cross-attn", sample_size=8, in_channels=3, text_dims=[TEXT_DIM])
+    cfg.update(kw)
+    return GenTronTransformer(**cfg)
+
+
+def randomize_temporal(model, scale=0.3):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "temporal" in name or "adaLN" in name or "final_layer" in name or "cross_attn.proj" in name:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def call(model, x, motion_free=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b = x.shape[0]
+    tok = torch.randn(b, 5, TEXT_DIM, generator=g)
+    t = torch.tensor([10, 500][:b] + [3] * max(0, b - 2))
+    return model(x, t, encoder_hidden_states=tok, encoder_attention_mask=torch.ones(b, 5, dtype=torch.bool),
+                 pooled_projections=tok.mean(1), motion_free=motion_free).sample
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. moving shapes
+# ------------------------------------------------------------------------------------------------
+
+
+def test_moving_shapes_world_captions_motion_and_split():
+    world = ShapesVideoWorld(resolution=32, seed=0)
+    for i in range(12):
+        frames, caption, vs = world.sample(i, "train")
+        assert frames == world.sample(i, "train")[0] or all(
+            np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(frames, world.sample(i, "train")[0]))
+        assert caption == describe_video(vs) and "moving" in caption
+        assert not vs.heldout_combos()
+        if vs.kind == "pair":
+            assert vs.motions[0] != vs.motions[1] and " and " in caption
+        for obj, motion in zip(vs.objects, vs.motions):  # the rendered object really moves that way
+            a = max((d for d in detect(frames[0]) if d.color == obj.color), key=lambda d: d.area)
+            b = max((d for d in detect(frames[-1]) if d.color == obj.color), key=lambda d: d.area)
+            dx, dy = MOTIONS[motion]
+            assert (b.cx - a.cx) * dx + (b.cy - a.cy) * dy > 0.2
+    for i in range(8):
+        assert world.sample_scene(world.rng_for(i, "heldout"), "heldout").color_shape_pairs() & HELDOUT_COLOR_SHAPE
+    _, cap, _ = world.sample(0)
+    assert cap.startswith("a ") and any(w in cap for w in ("to the right", "to the left", "up", "down"))
+
+
+def test_cli_data_shapes_video_writes_lossless_clips(tmp_path):
+    from gentron.cli.main import main
+
+    out = tmp_path / "clips"
+    assert main(["data", "shapes", "--video", "--out", str(out), "--num", "4", "--resolution", "16"]) == 0
+    recs = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and all(r["file"].endswith(".mp4") and "moving" in r["caption"] for r in recs)
+    ds = VideoCaptionFolder(out, resolution=16, num_frames=8, fps=4)
+    item = ds[0]
+    assert item["pixel_values"].shape == (3, 8, 16, 16) and item["caption"] == recs[0]["caption"]
+    world = ShapesVideoWorld(resolution=16, seed=0)
+    ref = world.sample(0)[0]
+    clip = load_clip(out / recs[0]["file"], 8, 4.0, 16)
+    for k, f in zip(sample_frame_indices(16, 8, 8, 4), clip):
+        assert np.array_equal(np.asarray(ref[k]), np.asarray(f))  # lossless H.264 RGB
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. video folders
+# ------------------------------------------------------------------------------------------------
+
+
+def test_frame_sampling_at_target_fps():
+    assert sample_frame_indices(16, 8, 8, 4) == [1, 3, 5, 7, 9, 11, 13, 15]
+    idx = sample_frame_indices(90, 30, 8, 4)  # 3 s at 30 fps → every 7.5 source frames
+    assert all(7 <= b - a <= 8 for a, b in zip(idx, idx[1:]))
+    with pytest.raises(VideoTooShort):
+        sample_frame_indices(30, 30, 8, 4)  # 1 s is too short for 8 frames at 4 fps
+
+
+def test_video_folder_sidecars_and_bad_videos_are_skipped_and_counted(tmp_path):
+    world = ShapesVideoWorld(resolution=16, seed=0)
+    frames, caption, _ = world.sample(0)
+    write_video(tmp_path / "good.gif", frames, fps=8)
+    (tmp_path / "good.txt").write_text(caption)
+    write_video(tmp_path / "short.webm", frames[:3], fps=8)
+    (tmp_path / "short.txt").write_text("too short")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    (tmp_path / "broken.txt").write_text("corrupt")
+    write_video(tmp_path / "nocap.mp4", frames, fps=8)
+    ds = VideoCaptionFolder(tmp_path, resolution=16, num_frames=8, fps=4)
+    assert len(ds) == 3 and ds.skipped["missing_caption"] == 1
+    items = [ds[i] for i in range(len(ds))]
+    assert all(it["caption"] == caption and it["pixel_values"].shape == (3, 8, 16, 16) for it in items)
+    assert ds.skipped["too_short"] == 1 and ds.skipped["corrupt_video"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 1-3. TempSelfAttn, init from T2I, motion-free mask with the temporal position embedding
+# ------------------------------------------------------------------------------------------------
+
+
+def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path):
+    from gentron.train.video import init_from_t2i
+
+    t2i = tiny_video_model()
+    with torch.no_grad():
+        for p in t2i.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+    t2i.save_pretrained(tmp_path / "transformer")
+    t2v = tiny_video_model(temporal_layers=True, temporal_pos_embed=True)
+    randomize_temporal(t2v)  # everything non-temporal is overwritten; temporal out proj re-zeroed
+    info = init_from_t2i(t2v, tmp_path, log=lambda s: None)
+    assert info["new_layers"] == len(t2v.blocks)
+    x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        video = call(t2v.eval(), x)
+        frames = [call(t2i.eval(), x[:, :, k]) for k in range(4)]
+    for k in range(4):
+        torch.testing.assert_close(video[:, :, k], frames[k], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        init_from_t2i(tiny_video_model(temporal_layers=True, depth=3), tmp_path, log=lambda s: None)
+
+
+def test_frame_position_embedding_breaks_time_symmetry_but_not_motion_free():
+    x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    rev = x.flip(2)
+    with torch.no_grad():
+        plain = randomize_temporal(tiny_video_model(temporal_layers=True, temporal_pos_embed=False)).eval()
+        torch.testing.assert_close(call(plain, rev), call(plain, x).flip(2), atol=1e-5, rtol=1e-4)  # equivariant
+        pe = randomize_temporal(tiny_video_model(temporal_layers=True, temporal_pos_embed=True)).eval()
+        assert (call(pe, rev) - call(pe, x).flip(2)).abs().max() > 1e-3  # can tell forward from backward
+        # motion-free: a still clip (image repeated T times) gives the same output for every frame
+        still = x[:, :, :1].expand(-1, -1, 4, -1, -1).contiguous()
+        out = call(pe, still, motion_free=torch.tensor([True, True]))
+        for k in range(1, 4):
+            torch.testing.assert_close(out[:, :, k], out[:, :, 0], atol=1e-5, rtol=1e-5)
+        # ... and a motion-free frame depends on its own frame only (identity mask)
+        x2 = x.clone()
+        x2[:, :, 3] += 1.0
+        a, b = call(pe, x, torch.tensor([True, False])), call(pe, x2, torch.tensor([True, False]))
+        torch.testing.assert_close(a[0, :, :3], b[0, :, :3])
+        assert (a[1, :, :3] - b[1, :, :3]).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. motion-free guidance
+# ------------------------------------------------------------------------------------------------
+
+
+def _tiny_pipeline():
+    from gentron.diffusion import DiffusionConfig
+    from gentron.pipelines import GenTronPipeline
+    from gentron.text import load_text_encoders
+
+    encs = load_text_encoders([{"kind": "scratch", "max_length": 8}])
+    model = tiny_video_model(temporal_layers=True, text_dims=[encs[0].dim], pooled_dims=[encs[0].pooled_dim],
+                             learn_sigma=False)
+    randomize_temporal(model)
+    return GenTronPipeline.from_parts(model.eval(), encs, DiffusionConfig(prediction="sample", learn_sigma=False),
+                                      sampler="ddim")
+
+
+def test_motion_free_guidance_branches_and_reduction_to_cfg():
+    from gentron.pipelines.pipeline_gentron import motion_free_guidance
+    from gentron.diffusion import cfg_combine
+
+    c, u, f = (torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    torch.testing.assert_close(motion_free_guidance(c, u, f, 7.5, 1.0), cfg_combine(c, u, 7.5))
+    torch.testing.assert_close(motion_free_guidance(c, u, f, 7.5, 1.2), f + 7.5 * (c - u) + 1.2 * (u - f))
+
+    pipe = _tiny_pipeline()
+    seen = []
+    forward = pipe.transformer.forward
+
+    def spy(x, t, **kw):
+        seen.append((x.shape[0], kw.get("motion_free")))
+        return forward(x, t, **kw)
+
+    pipe.transformer.forward = spy
+    lat = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = dict(num_inference_steps=2, guidance_scale=3.0, latents=lat, num_frames=4, output_type="pt", progress=False)
+    a = pipe("a red circle moving up", motion_guidance_scale=1.0, **kw).images
+    assert all(b == 2 and mf is None for b, mf in seen)  # λ_M = 1: ordinary CFG, no third branch
+    seen.clear()
+    b = pipe("a red circle moving up", motion_guidance_scale=1.2, **kw).images
+    assert all(n == 3 and mf.tolist() == [False, False, True] for n, mf in seen)  # one batched forward
+    assert a.shape == b.shape == (1, 3, 4, 8, 8) and (a - b).abs().max() > 0
+    clip = pipe("a red circle moving up", num_inference_steps=1, num_frames=4, progress=False).images[0]
+    assert len(clip) == 4 and isinstance(clip[0], Image.Image)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2-4, 8, 9. training (init-from, joint batches), CLI sampling and evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def _overrides(tmp: Path) -> list[str]:
+    return ["model.name=GenTron-T/4", "model.resolution=16", "data.kind=shapes", f"data.path={tmp / 'img'}",
+            "data.num=16", "text.encoders=[{kind: scratch, max_length: 16}]", "diffusion.prediction=sample",
+            "diffusion.learn_sigma=false", "train.batch_size=4", "train.steps=1", "train.checkpoint_every=0",
+            "train.precision=fp32", "train.log_every=1", "sample.steps=1", "sample.prompts=[a red circle]"]
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    from gentron.train.config import load_config
+    from gentron.train.trainer import Trainer
+
+    tmp = tmp_path_factory.mktemp("t2v")
+    quiet = dict(log=lambda s: None, show_progress=False)
+    Trainer(load_config(None, _overrides(tmp)), tmp / "t2i", **quiet).fit()
+    cfg = load_config(None, _overrides(tmp) + [
+        "model.temporal_layers=true", "video.num_frames=4", f"video.path={tmp / 'vid'}", "video.num=8",
+        "video.p_motion_free=0.5", f"video.init_from={tmp / 't2i'}"])
+    trainer = Trainer(cfg, tmp / "t2v", **quiet)
+    return tmp, trainer
+
+
+def test_t2v_training_init_from_and_joint_batches(video_run):
+    from safetensors.torch import load_file
+
+    tmp, trainer = video_run
+    t2i = load_file(tmp / "t2i" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
+    own = trainer.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in t2i.items())  # every shared weight loaded
+    assert all(float(b.temporal_attn.proj.weight.detach().abs().sum()) == 0 for b in trainer.model.blocks)
+    data, plan = trainer.dataset, trainer.video_plan
+    assert data.num_videos == 8 and data.num_images == 16
+    flags = []
+    for pos in range(6):
+        idx, mf = plan.draw(pos)
+        assert torch.equal(idx >= data.num_videos, mf)  # motion-free ⇔ image repeated T times
+        flags += mf.tolist()
+    assert 0 < sum(flags) < len(flags)
+    x, _, _ = trainer.load_batch(idx)
+    assert x.shape == (4, 3, 4, 16, 16)
+    for i in torch.nonzero(mf).flatten().tolist():  # pseudo-videos are still
+        assert torch.equal(x[i, :, 0], x[i, :, -1])
+    summary = trainer.fit()
+    assert summary["steps"] == 1 and (tmp / "t2v" / "pipeline" / "model_index.json").is_file()
+
+
+def test_cli_sample_video_and_eval_video(video_run, tmp_path, capsys):
+    from gentron.cli.main import main
+
+    tmp, _ = video_run
+    model = str(tmp / "t2v")
+    for name in ("clip.mp4", "clip.gif", "grid.png"):
+        assert main(["sample", "--model", model, "--prompt", "a red circle moving to the right", "--frames", "4",
+                     "--motion-guidance", "1.2", "--steps", "2", "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).is_file()
+    assert len(load_clip(tmp_path / "clip.mp4", 4, 4.0)) == 4
+    assert main(["eval", "shapes", "--video", "--model", model, "--num", "2", "--steps", "1", "--frames", "4",
+                 "--out", str(tmp_path / "v.json")]) == 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert set(report["accuracy"]) == {"motion", "consistency", "frame", "overall"}
+    assert "motion direction accuracy" in capsys.readouterr().out
+    assert main(["sample", "--model", str(tmp / "t2i"), "--prompt", "x", "--frames", "4",
+                 "--out", str(tmp_path / "x.mp4")]) == 2  # image model: a message, not a traceback
+
+
+def test_video_config_validation():
+    from gentron.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="temporal_layers"):
+        load_config(None, ["video.num_frames=8"])
+    with pytest.raises(ConfigError, match="p_motion_free"):
+        load_config(None, ["model.temporal_layers=true", "video.num_frames=8", "video.p_motion_free=2"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. evaluation metrics on ground truth
+# ------------------------------------------------------------------------------------------------
+
+
+def test_video_eval_is_exact_on_ground_truth_and_catches_wrong_motion():
+    from gentron.eval.video_eval import ground_truth_clips, summarize, validate_video_eval, video_eval_suite
+
+    acc = validate_video_eval(n=16)
+    assert all(v >= 0.99 for v in acc.values()), acc
+    prompts = video_eval_suite("heldout", 6)
+    clips = ground_truth_clips(prompts)
+    reverse = summarize(prompts, [c[::-1] for c in clips])["accuracy"]
+    still = summarize(prompts, [[c[0]] * len(c) for c in clips])["accuracy"]
+    assert reverse["motion"] == 0.0 and still["motion"] == 0.0
+    assert reverse["frame"] == 1.0 and still["consistency"] == 1.0
