@@ -47,7 +47,7 @@ def math_forward(self, x, context=None, bias=None, kv=None):
         q = self._heads(self.q(x))
         k, v = kv if kv is not None else self.project_kv(context)
     else:
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (self._heads(z) for z in self.qkv(x).chunk(3, dim=-1))
     s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
     if bias is not None:
         s = s + bias.to(s.dtype)

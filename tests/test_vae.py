@@ -54,3 +54,26 @@ def test_missing_vae_path_is_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_vae(tmp_path / "empty")
+
+
+def test_train_in_latent_space_and_sample(vae_dir, shapes_data, tmp_path):
+    """vae.path: the trainer encodes images to latents, the exported pipeline decodes to pixels."""
+    from conftest import tiny_overrides
+
+    from gentron.train.config import ConfigError, load_config
+    from gentron.train.trainer import Trainer
+
+    sets = tiny_overrides(shapes_data) + [f"vae.path={vae_dir}", "model.in_channels=4", "model.name=GenTron-T/2",
+                                          "train.steps=2"]
+    trainer = Trainer(load_config(None, sets), tmp_path / "run", log=lambda s: None, show_progress=False)
+    assert trainer.model.config.sample_size == 8 and trainer.model.config.in_channels == 4
+    trainer.fit()
+    from gentron.pipelines import GenTronPipeline
+
+    pipe = GenTronPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert pipe.vae is not None
+    out = pipe("a red circle", num_inference_steps=2, output_type="pt", progress=False).images
+    assert out.shape == (1, 3, 16, 16)
+    with pytest.raises(ConfigError, match="latent channels"):
+        Trainer(load_config(None, sets[:-3] + ["model.in_channels=3"]), tmp_path / "bad", log=lambda s: None,
+                show_progress=False)

@@ -354,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     from gentron.data.cache import add_cache_parser
 
     add_cache_parser(sub)
+    from gentron.eval.cli import add_eval_parsers
+
+    add_eval_parsers(esub)  # fid, clip-score, t2i-compbench, compbench
+    from gentron.bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     s = sub.add_parser("demo", help="generate data, train, sample and evaluate on the shapes world")
     s.add_argument("--out", default="demo-out")

@@ -226,7 +226,9 @@ class Attention(nn.Module):
             q = self._heads(self.q(x))
             k, v = kv if kv is not None else self.project_kv(context)
         else:
-            q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            # chunk (not view + permute + unbind): its backward is a single concatenation of the
+            # three gradients, instead of a stack plus a permuted copy.
+            q, k, v = (self._heads(z) for z in self.qkv(x).chunk(3, dim=-1))
         if bias is not None:
             bias = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)

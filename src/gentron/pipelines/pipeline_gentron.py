@@ -269,11 +269,12 @@ class GenTronPipeline(DiffusionPipeline):
         return GenTronPipelineOutput(images=result)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → pixels in [-1, 1] (identity in pixel space)."""
+        """Latents → pixels in [-1, 1] (identity in pixel space); sliced, and frame by frame for video."""
         if self.vae is None:
             return latents
-        scaling = getattr(self.vae.config, "scaling_factor", 1.0)
-        return self.vae.decode(latents.to(self.vae.dtype) / scaling).sample.float()
+        from gentron.models.vae import decode_latents
+
+        return decode_latents(self.vae, latents)
 
 
 def motion_free_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, eps_free: torch.Tensor,

@@ -240,7 +240,16 @@ class Trainer:
         self.video_plan = make_video_plan(cfg, dataset, self.ctx.world)
 
         self.text_encoders = load_text_encoders([_entry_dict(e) for e in cfg.text.encoders], device=self.device)
-        self.model = build_transformer(cfg, self.text_encoders).to(self.device)
+        self.vae, vae_factor = None, 1
+        if cfg.vae.path:  # latent space (SD VAE): images are encoded on the fly, the VAE stays frozen
+            from gentron.models.vae import load_vae, vae_downsample_factor
+
+            self.vae = load_vae(cfg.vae.path, device=self.device)
+            vae_factor = vae_downsample_factor(self.vae)
+            if cfg.model.in_channels != self.vae.config.latent_channels:
+                raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the VAE at {cfg.vae.path} has "
+                                  f"{self.vae.config.latent_channels} latent channels")
+        self.model = build_transformer(cfg, self.text_encoders, vae_factor=vae_factor).to(self.device)
         if getattr(cfg, "video", None) is not None and cfg.video.init_from:  # T2I → T2V (train/video.py)
             from gentron.train.video import init_from_t2i
 
@@ -503,6 +512,11 @@ class Trainer:
         for micro in range(cfg.train.grad_accum):
             idx = self.batch_indices(self.step, micro)
             x0, captions, ids = self.load_batch(idx)
+            if self.vae is not None:  # a fresh posterior sample each step, from a per-step generator
+                from gentron.models.vae import encode_latents
+
+                g_vae = step_generator(cfg.train.seed, self.step * cfg.train.grad_accum + micro, stream=7)
+                x0 = encode_latents(self.vae, x0, sample=True, generator=g_vae)
             drop, t, noise = self.sample_randomness(self.step, micro, x0.shape)
             noise = noise.to(self.device)
             t = t.to(self.device)
@@ -689,7 +703,7 @@ class Trainer:
         if model is None:
             return
         pipe = GenTronPipeline.from_parts(
-            model, self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler
+            model, self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler, vae=self.vae
         )
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         if tmp.exists():
@@ -713,7 +727,7 @@ class Trainer:
         if model is None:
             return None
         pipe = GenTronPipeline.from_parts(
-            model, self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler
+            model, self.text_encoders, diffusion_config(self.cfg), sampler=self.cfg.sample.sampler, vae=self.vae
         )
         g = torch.Generator().manual_seed(self.cfg.sample.seed)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
