@@ -148,16 +148,7 @@ class ImageCaptionFolder(Dataset):
         return entries
 
     def _read_sidecars(self) -> list[tuple[Path, str]]:
-        entries = []
-        images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        for image in images:
-            txt = image.with_suffix(".txt")
-            caption = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.is_file() else ""
-            if not caption:
-                self.skipped["missing_caption"] += 1
-                continue
-            entries.append((image, caption))
-        return entries
+        return read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
 
     # -- access -----------------------------------------------------------------------------------
 
@@ -202,3 +193,17 @@ class ImageCaptionFolder(Dataset):
 
 
 __all__ = ["ImageCaptionFolder", "ImageLoadError", "load_image", "resize_and_crop", "to_tensor", "IMAGE_EXTENSIONS"]
+
+
+def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[tuple[Path, str]]:
+    """(file, caption) for every file under ``root`` with one of ``extensions`` and a non-empty ``FILE.txt``
+    beside it; files without a caption are counted in ``skipped["missing_caption"]``."""
+    entries = []
+    for path in sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in extensions and p.is_file()):
+        txt = path.with_suffix(".txt")
+        caption = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.is_file() else ""
+        if not caption:
+            skipped["missing_caption"] += 1
+            continue
+        entries.append((path, caption))
+    return entries

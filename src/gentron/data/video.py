@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gentron.data.folder import resize_and_crop, to_tensor
+from gentron.data.folder import read_sidecar_captions, resize_and_crop, to_tensor
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 VIDEO_SKIP_REASONS: tuple[str, ...] = ("missing_caption", "missing_file", "bad_record", "corrupt_video",
@@ -247,17 +247,7 @@ class VideoCaptionFolder(Dataset):
         return items
 
     def _read_sidecars(self) -> list[tuple[Path, str]]:
-        items = []
-        for p in sorted(self.root.rglob("*")):
-            if p.suffix.lower() not in VIDEO_EXTENSIONS or not p.is_file():
-                continue
-            txt = p.with_suffix(".txt")
-            cap = txt.read_text().strip() if txt.is_file() else ""
-            if not cap:
-                self.skipped["missing_caption"] += 1
-                continue
-            items.append((p, cap))
-        return items
+        return read_sidecar_captions(self.root, VIDEO_EXTENSIONS, self.skipped)
 
     def __len__(self) -> int:
         return len(self.items)
