@@ -119,33 +119,7 @@ class ImageCaptionFolder(Dataset):
     # -- index building ---------------------------------------------------------------------------
 
     def _read_jsonl(self, path: Path) -> list[tuple[Path, str]]:
-        entries = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    self.skipped["bad_record"] += 1
-                    continue
-                if not isinstance(rec, dict):
-                    self.skipped["bad_record"] += 1
-                    continue
-                file = rec.get("file", rec.get("file_name"))
-                caption = rec.get("caption", rec.get("text"))
-                if not isinstance(file, str) or not file:
-                    self.skipped["bad_record"] += 1
-                    continue
-                if not isinstance(caption, str) or not caption.strip():
-                    self.skipped["missing_caption"] += 1
-                    continue
-                image = Path(file) if Path(file).is_absolute() else self.root / file
-                if not image.is_file():
-                    self.skipped["missing_file"] += 1
-                    continue
-                entries.append((image, caption.strip()))
-        return entries
+        return read_captions_jsonl(path, self.root, self.skipped)
 
     def _read_sidecars(self) -> list[tuple[Path, str]]:
         return read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
@@ -206,4 +180,36 @@ def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[tuple[P
             skipped["missing_caption"] += 1
             continue
         entries.append((path, caption))
+    return entries
+
+
+def read_captions_jsonl(path: Path, root: Path, skipped: dict) -> list[tuple[Path, str]]:
+    """(file, caption) per line of a ``captions.jsonl`` ({"file" or "file_name", "caption" or "text"});
+    bad lines, empty captions and missing files are counted in ``skipped`` instead of raising."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                skipped["bad_record"] += 1
+                continue
+            if not isinstance(rec, dict):
+                skipped["bad_record"] += 1
+                continue
+            file = rec.get("file", rec.get("file_name"))
+            caption = rec.get("caption", rec.get("text"))
+            if not isinstance(file, str) or not file:
+                skipped["bad_record"] += 1
+                continue
+            if not isinstance(caption, str) or not caption.strip():
+                skipped["missing_caption"] += 1
+                continue
+            image = Path(file) if Path(file).is_absolute() else root / file
+            if not image.is_file():
+                skipped["missing_file"] += 1
+                continue
+            entries.append((image, caption.strip()))
     return entries

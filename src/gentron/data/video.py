@@ -18,7 +18,6 @@ draws every micro-batch with a per-sample motion-free flag (probability ``p_moti
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -28,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gentron.data.folder import read_sidecar_captions, resize_and_crop, to_tensor
+from gentron.data.folder import read_captions_jsonl, read_sidecar_captions, resize_and_crop, to_tensor
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 VIDEO_SKIP_REASONS: tuple[str, ...] = ("missing_caption", "missing_file", "bad_record", "corrupt_video",
@@ -221,30 +220,7 @@ class VideoCaptionFolder(Dataset):
         self._bad: set[int] = set()
 
     def _read_jsonl(self, path: Path) -> list[tuple[Path, str]]:
-        items = []
-        with open(path) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    self.skipped["bad_record"] += 1
-                    continue
-                if not isinstance(rec, dict) or not isinstance(rec.get("file"), str):
-                    self.skipped["bad_record"] += 1
-                    continue
-                cap = rec.get("caption", rec.get("text"))
-                if not isinstance(cap, str) or not cap.strip():
-                    self.skipped["missing_caption"] += 1
-                    continue
-                p = Path(rec["file"])
-                p = p if p.is_absolute() else self.root / p
-                if not p.is_file():
-                    self.skipped["missing_file"] += 1
-                    continue
-                items.append((p, cap.strip()))
-        return items
+        return read_captions_jsonl(path, self.root, self.skipped)
 
     def _read_sidecars(self) -> list[tuple[Path, str]]:
         return read_sidecar_captions(self.root, VIDEO_EXTENSIONS, self.skipped)
