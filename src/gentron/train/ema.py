@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gentron.train.distributed import is_dtensor, local
+
 
 class EMA:
     """fp32 shadow of every trainable parameter, updated with one fused lerp per step.
@@ -33,8 +35,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         params = dict(model.named_parameters())
-        live = [_local(params[n].detach()).float() for n in self.names]
-        torch._foreach_lerp_([_local(s) for s in self.shadow], live, 1.0 - self.current_decay())
+        live = [local(params[n].detach()).float() for n in self.names]
+        torch._foreach_lerp_([local(s) for s in self.shadow], live, 1.0 - self.current_decay())
         self.num_updates += 1
 
     @torch.no_grad()
@@ -48,7 +50,7 @@ class EMA:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Unsharded fp32 shadow (all-gathers DTensors: every rank must call it)."""
-        return {n: (s.full_tensor() if _is_dtensor(s) else s) for n, s in zip(self.names, self.shadow)}
+        return {n: (s.full_tensor() if is_dtensor(s) else s) for n, s in zip(self.names, self.shadow)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int) -> None:
         missing = [n for n in self.names if n not in state]
@@ -59,15 +61,3 @@ class EMA:
                 raise ValueError(f"EMA tensor {n!r} has shape {tuple(state[n].shape)}, model has {tuple(self.shadow[i].shape)}")
             self.shadow[i].copy_(state[n])
         self.num_updates = num_updates
-
-
-def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(t, DTensor)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if _is_dtensor(t) else t
