@@ -30,16 +30,14 @@ import copy
 import json
 import random
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from gentron.data.shapes import COLORS, SHAPES, SIZES, ShapesWorld, render_scene
-from gentron.eval.detector import Detection, degrade, detect
+from gentron.data.shapes import COLORS, SHAPES, SIZES, render_scene
+from gentron.eval.detector import Detection, degrade, detect, random_train_detections
 from gentron.eval.detector import score as detector_score
 from gentron.eval.prompts import (
     CATEGORY_KIND,
@@ -133,14 +131,8 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 1000, level: float = 
     return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
 
 
-@lru_cache(maxsize=64)
 def _train_pool(kind: str, images: int, resolution: int, seed: int) -> tuple:
-    world = ShapesWorld(resolution=resolution, seed=seed)
-    out = []
-    for i in range(images):
-        scene = world.sample_scene(random.Random(f"compbench-chance:{seed}:{kind}:{i}"), "train", kind)
-        out.append(tuple(detect(world.render(scene))))
-    return tuple(out)
+    return random_train_detections(kind, images, resolution, seed, salt="compbench-chance")
 
 
 def chance_level(prompts: Sequence[EvalPrompt], resolution: int = 32, images: int = 64, seed: int = 0) -> float:

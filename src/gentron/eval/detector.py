@@ -275,11 +275,13 @@ def score(prompt: EvalPrompt, detections: Sequence[Detection]) -> dict[str, bool
 
 
 @lru_cache(maxsize=32)
-def _random_train_detections(kind: str, count: int, resolution: int, seed: int) -> tuple:
+def random_train_detections(kind: str, count: int, resolution: int, seed: int, salt: str = "chance") -> tuple:
+    """Detections on renders of random *training* scenes of one kind: what a text-blind model draws
+    (the basis of chance levels). ``salt`` keeps independent uses on independent scene draws."""
     world = ShapesWorld(resolution=resolution, seed=seed)
     out = []
     for i in range(count):
-        scene = world.sample_scene(random.Random(f"chance:{seed}:{kind}:{i}"), "train", kind)
+        scene = world.sample_scene(random.Random(f"{salt}:{seed}:{kind}:{i}"), "train", kind)
         out.append(tuple(detect(world.render(scene))))
     return tuple(out)
 
@@ -295,7 +297,7 @@ def chance_levels(split: str = "heldout", n: int = 24, seed: int = 1234, resolut
     random placement satisfies one stated relation about a quarter of the time."""
     out = {}
     for cat in CATEGORIES:
-        pool = _random_train_detections(CATEGORY_KIND[cat], images, resolution, image_seed)
+        pool = random_train_detections(CATEGORY_KIND[cat], images, resolution, image_seed)
         suite = eval_suite(cat, split=split, n=n, seed=seed)
         hits = [score(p, dets)[cat] for p in suite for dets in pool]
         out[cat] = sum(hits) / max(len(hits), 1)
