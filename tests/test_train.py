@@ -271,3 +271,57 @@ def test_info_prints_zoo(capsys):
     assert "GenTron-XL/2" in out and "GenTron-G/2" in out
     assert cli(["info", "GenTron-XL/2", "--cond", "cross-attn", "--text-dim", "4096"]) == 0
     assert "834,542,240" in capsys.readouterr().out
+
+
+# -- re-parameterised init from DiT (PixArt-α Sec. 2.3) -----------------------------------------
+
+
+def _tiny_dit_file(path, hidden=64, seed=3):
+    """An official-layout DiT checkpoint shaped like the tiny training config (T/4, 16 px, pixels)."""
+    from gentron.models.convert import export_dit_state_dict
+    from gentron.models.transformer import GenTronTransformer, zoo_config
+
+    torch.manual_seed(seed)
+    dit = GenTronTransformer(**zoo_config("GenTron-T/4", conditioning="class", text_dims=[], sample_size=16,
+                                          in_channels=3, learn_sigma=False, hidden_size=hidden, num_classes=5))
+    for p in dit.parameters():  # random everywhere, zero-inits included, so every copy is visible
+        torch.nn.init.normal_(p, std=0.05)
+    torch.save(export_dit_state_dict(dit), path)
+    return dit
+
+
+@pytest.mark.parametrize("mode", ["adaln-single", "cross-attn"])
+def test_train_init_from_dit_equals_reparameterisation(shapes_data, tmp_path, mode):
+    from gentron.models.convert import reparam_init_from_dit
+
+    dit = _tiny_dit_file(tmp_path / "dit.pt")
+    trainer = make_trainer(shapes_data, tmp_path / "run", [f"model.conditioning={mode}",
+                                                            f"model.init_from_dit={tmp_path / 'dit.pt'}"])
+    cfg = trainer.model.config
+    extra = {} if mode == "adaln-single" else {"pooled_dims": cfg.pooled_dims}
+    wants = []
+    for seed in (0, 1):  # new layers draw random inits; the keys equal under two seeds are the DiT-determined ones
+        torch.manual_seed(seed)
+        wants.append(reparam_init_from_dit(tmp_path / "dit.pt", text_dims=cfg.text_dims, conditioning=mode,
+                                           num_heads=2, **extra).state_dict())
+    got = trainer.model.state_dict()
+    assert set(got) == set(wants[0])
+    determined = [k for k in wants[0] if torch.equal(wants[0][k], wants[1][k])]
+    assert len(determined) > len(got) // 2
+    for k in determined:
+        assert torch.equal(got[k], wants[0][k]), k
+    assert torch.equal(got["blocks.1.attn.qkv.weight"], dit.state_dict()["blocks.1.attn.qkv.weight"])
+    # and it trains from there
+    trainer.cfg.train.steps = 2
+    trainer.fit()
+
+
+def test_train_init_from_dit_rejects_a_mismatched_checkpoint(shapes_data, tmp_path, capsys):
+    _tiny_dit_file(tmp_path / "dit.pt", hidden=32)
+    argv = ["train", str(REPO / "configs" / "shapes-tiny.yaml"), "--out", str(tmp_path / "run"),
+            "--init-from-dit", str(tmp_path / "dit.pt")]
+    for s in tiny_overrides(shapes_data) + ["model.conditioning=adaln-single", "train.steps=1"]:
+        argv += ["--set", s]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "init-from-dit" in err and "hidden_size 32 (checkpoint) vs 64 (config)" in err

@@ -96,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = list(args.set)
     if getattr(args, "init_from", None):
         sets.append(f"video.init_from={args.init_from}")
+    if getattr(args, "init_from_dit", None):
+        sets.append(f"model.init_from_dit={args.init_from_dit}")
     cfg = load_config(args.config, sets)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, resume=args.resume)
@@ -308,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir) or a checkpoint path")
     s.add_argument("--init-from", metavar="T2I_MODEL_DIR",
                    help="T2V: load the shared weights of a trained T2I run/pipeline; new temporal layers start at zero")
+    s.add_argument("--init-from-dit", metavar="DIT_CKPT",
+                   help="PixArt-α re-parameterised init from an official DiT class checkpoint (.pt/.pth/.safetensors)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="sample images from a pipeline folder or run dir")

@@ -59,6 +59,7 @@ __all__ = [
     "convert_diffusers_pixart",
     "export_diffusers_pixart",
     "reparam_init_from_dit",
+    "init_model_from_dit",
     "add_convert_parser",
     "cmd_convert",
 ]
@@ -1063,6 +1064,26 @@ def reparam_init_from_dit(
         if not hasattr(new, "pooled_projections"):
             warnings.warn("no pooled-text projection: the null-class embedding is not carried over", stacklevel=2)
     return new
+
+
+def init_model_from_dit(model: GenTronTransformer, dit: Any, t_ref: float = 500) -> None:
+    """``gentron train --init-from-dit CKPT``: re-parameterise a DiT checkpoint (PixArt-α Sec. 2.3, see
+    :func:`reparam_init_from_dit`) into the architecture of ``model``, in place.
+
+    The DiT must have ``model``'s width, depth, MLP, patch and channels; its resolution may differ (positions
+    are fixed sin-cos, recomputed for ``model``'s grid). New layers (cross-attention, token and pooled-text
+    projections, temporal attention) get the re-parameterisation's identity-at-init values."""
+    cfg = model.config
+    keep = {k: cfg[k] for k in ("pooled_dims", "micro_conditions", "temporal_layers", "temporal_pos_embed")
+            if k in cfg and (k != "pooled_dims" or cfg.conditioning != "adaln-single")}
+    new = reparam_init_from_dit(dit, text_dims=cfg.text_dims, conditioning=cfg.conditioning, t_ref=t_ref,
+                                num_heads=cfg.num_heads, **keep)
+    bad = [f"{k} {new.config[k]} (checkpoint) vs {cfg[k]} (config)"
+           for k in ("hidden_size", "depth", "mlp_hidden_size", "patch_size", "in_channels", "out_channels")
+           if new.config[k] != cfg[k]]
+    if bad:
+        raise ValueError(f"--init-from-dit: the DiT checkpoint does not fit the model config: {'; '.join(bad)}")
+    model.load_state_dict(new.state_dict())
 
 
 # ----------------------------------------------------------------------------------------------

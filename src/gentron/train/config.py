@@ -29,6 +29,8 @@ class ModelConfig:
     temporal_layers: bool = False
     micro_conditions: bool = False
     overrides: dict = field(default_factory=dict)  # any extra GenTronTransformer kwarg (depth, ...)
+    init_from_dit: Optional[str] = None  # DiT class checkpoint: re-parameterised init (PixArt-α Sec. 2.3)
+    init_from_dit_t_ref: float = 500.0  # the timestep at which the new model equals DiT (null class)
 
 
 @dataclass

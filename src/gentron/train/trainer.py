@@ -250,6 +250,11 @@ class Trainer:
                 raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the VAE at {cfg.vae.path} has "
                                   f"{self.vae.config.latent_channels} latent channels")
         self.model = build_transformer(cfg, self.text_encoders, vae_factor=vae_factor).to(self.device)
+        if cfg.model.init_from_dit and not resume:  # PixArt-α re-parameterised init (models/convert.py)
+            from gentron.models.convert import init_model_from_dit
+
+            init_model_from_dit(self.model, cfg.model.init_from_dit, t_ref=cfg.model.init_from_dit_t_ref)
+            log(f"initialised from DiT {cfg.model.init_from_dit} (re-parameterised at t={cfg.model.init_from_dit_t_ref:g})")
         if getattr(cfg, "video", None) is not None and cfg.video.init_from:  # T2I → T2V (train/video.py)
             from gentron.train.video import init_from_t2i
 
