@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 CACHE_VERSION = 1
@@ -82,7 +82,12 @@ def write_feature_cache(dataset, out_dir: str | Path, vae=None, text_encoders: S
 
 class FeatureCache(torch.utils.data.Dataset):
     """Reads a cache written by `write_feature_cache`; items hold latents (sampled from mean/std with the
-    caller's generator) or pixels, the caption, and per-encoder text features."""
+    caller's generator, times the VAE scaling factor) or pixels, the caption, and per-encoder text features
+    ``textK = (tokens, mask, pooled)``.
+
+    Rows are read through safetensors' memory map (``safe_open(...).get_slice``), so random access over
+    many shards reads only the rows asked for; handles open lazily, per process (DataLoader workers too).
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -90,40 +95,66 @@ class FeatureCache(torch.utils.data.Dataset):
         if not meta_path.is_file():
             raise FileNotFoundError(f"{self.root} is not a gentron feature cache (no meta.json); run `gentron cache` first")
         self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("version") != CACHE_VERSION:
+            raise ValueError(f"cache {self.root} has version {self.meta.get('version')}, this gentron reads {CACHE_VERSION}")
         self.shard_size = self.meta["shard_size"]
         n_shards = (self.meta["num"] + self.shard_size - 1) // self.shard_size
         missing = [i for i in range(n_shards) if not (self.root / shard_name(i)).is_file()]
         if missing:
             raise ValueError(f"cache {self.root} is incomplete: shard {missing[0]} missing; re-run `gentron cache` to resume")
-        self._shards: dict[int, dict[str, Any]] = {}
+        self._open: dict[int, tuple[Any, list[str]]] = {}
+        self.skipped: dict[str, int] = {}
 
     def __len__(self) -> int:
         return self.meta["num"]
 
-    def _shard(self, s: int) -> dict[str, Any]:
-        if s not in self._shards:
+    @property
+    def is_latent(self) -> bool:
+        return bool(self.meta["latent"])
+
+    @property
+    def num_encoders(self) -> int:
+        return len(self.meta["encoders"])
+
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of a stored latent or image."""
+        f, _ = self._shard(0)
+        return tuple(f.get_slice("latent_mean" if self.is_latent else "pixels").get_shape()[1:])
+
+    def token_width(self, k: int) -> int:
+        """Width of encoder ``k``'s stored token features."""
+        return self._shard(0)[0].get_slice(f"text{k}_tokens").get_shape()[-1]
+
+    def _shard(self, s: int) -> tuple[Any, list[str]]:
+        if s not in self._open:
             from safetensors import safe_open
 
-            path = self.root / shard_name(s)
-            with safe_open(str(path), "pt") as f:
-                captions = json.loads(f.metadata()["captions"])
-            self._shards = {s: {"tensors": load_file(str(path)), "captions": captions}}  # keep one shard resident
-        return self._shards[s]
+            f = safe_open(str(self.root / shard_name(s)), "pt")
+            self._open[s] = (f, json.loads(f.metadata()["captions"]))
+        return self._open[s]
+
+    @property
+    def captions(self) -> list[str]:
+        n_shards = (len(self) + self.shard_size - 1) // self.shard_size
+        return [c for s in range(n_shards) for c in self._shard(s)[1]]
 
     def __getitem__(self, i: int, generator: Optional[torch.Generator] = None) -> dict[str, Any]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        shard = self._shard(i // self.shard_size)
+        f, captions = self._shard(i // self.shard_size)
         j = i % self.shard_size
-        t = shard["tensors"]
-        item: dict[str, Any] = {"caption": shard["captions"][j], "index": i}
-        if "latent_mean" in t:
-            mean, std = t["latent_mean"][j], t["latent_std"][j]
+
+        def row(name: str) -> torch.Tensor:
+            return f.get_slice(name)[j]
+
+        item: dict[str, Any] = {"caption": captions[j], "index": i}
+        if self.is_latent:
+            mean, std = row("latent_mean"), row("latent_std")
             item["latents"] = (mean + std * torch.randn(mean.shape, generator=generator)) * self.meta["scaling_factor"]
         else:
-            item["pixel_values"] = t["pixels"][j]
-        for k in range(len(self.meta["encoders"])):
-            item[f"text{k}"] = (t[f"text{k}_tokens"][j], t[f"text{k}_mask"][j], t[f"text{k}_pooled"][j])
+            item["pixel_values"] = row("pixels")
+        for k in range(self.num_encoders):
+            item[f"text{k}"] = (row(f"text{k}_tokens"), row(f"text{k}_mask"), row(f"text{k}_pooled"))
         return item
 
 

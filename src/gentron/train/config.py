@@ -58,7 +58,7 @@ class DiffusionSection:
 
 @dataclass
 class DataConfig:
-    kind: str = "shapes"  # shapes (generated when missing) | folder
+    kind: str = "shapes"  # shapes (generated when missing) | folder | shards (webdataset tars) | cache (`gentron cache`)
     path: str = "data/shapes-32"
     num: int = 20000  # images to generate for kind=shapes
     seed: int = 0  # shapes generator seed
@@ -66,6 +66,9 @@ class DataConfig:
     random_flip: bool = False  # off by default: flips break "left of / right of" captions
     preload: bool = True  # keep decoded images in memory (small data sets)
     kinds_weights: dict = field(default_factory=dict)  # shapes: mixture of single/count/spatial/complex scenes
+
+
+DATA_KINDS: tuple[str, ...] = ("shapes", "folder", "shards", "cache")
 
 
 @dataclass
@@ -288,8 +291,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"diffusion.prediction must be epsilon, v_prediction or sample, got {cfg.diffusion.prediction!r}")
     if cfg.diffusion.beta_schedule not in ("linear", "cosine"):
         raise ConfigError(f"diffusion.beta_schedule must be linear or cosine, got {cfg.diffusion.beta_schedule!r}")
-    if cfg.data.kind not in ("shapes", "folder"):
-        raise ConfigError(f"data.kind must be shapes or folder, got {cfg.data.kind!r}")
+    if cfg.data.kind not in DATA_KINDS:
+        raise ConfigError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {cfg.data.kind!r}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
     if cfg.train.lr_schedule not in ("constant", "cosine"):

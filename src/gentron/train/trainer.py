@@ -122,6 +122,15 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
         return prepare_video_data(cfg, log)
 
     path = Path(cfg.data.path)
+    if cfg.data.kind == "cache":  # precomputed latents + text features (`gentron cache`, data/cache.py)
+        from gentron.data.cache import FeatureCache
+
+        return FeatureCache(path)
+    if cfg.data.kind == "shards":  # webdataset tar shards: a folder, glob or brace pattern (data/shards.py)
+        from gentron.data.shards import TarShardDataset
+
+        return TarShardDataset(cfg.data.path, resolution=cfg.model.resolution, center_crop=cfg.data.center_crop,
+                               random_flip=cfg.data.random_flip)
     if cfg.data.kind == "shapes" and not (path / "captions.jsonl").is_file():
         from gentron.data.shapes import write_shapes_dataset
 
@@ -131,6 +140,38 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
     return ImageCaptionFolder(
         path, resolution=cfg.model.resolution, center_crop=cfg.data.center_crop, random_flip=cfg.data.random_flip
     )
+
+
+def check_cache_matches(cache, cfg: RunConfig, encoders: list[TextEncoder], vae, vae_factor: int) -> int:
+    """A feature cache must have been made with the run's encoders (kind, max length, width) and VAE; returns
+    the latent downsampling factor (resolution / stored size). Mismatches are config errors, not shape crashes."""
+    stored = cache.meta["encoders"]
+    if len(stored) != len(encoders):
+        raise ConfigError(f"cache {cache.root} holds features of {len(stored)} text encoder(s); text.encoders lists {len(encoders)}")
+    for k, (meta, enc) in enumerate(zip(stored, encoders)):
+        mine = enc.to_dict()
+        for key in ("kind", "max_length"):
+            if meta.get(key) != mine.get(key):
+                raise ConfigError(f"cache {cache.root}: text encoder {k} has {key}={meta.get(key)!r} in the cache but "
+                                  f"{mine.get(key)!r} in text.encoders; re-run `gentron cache` or fix the config")
+        width = cache.token_width(k)
+        if width != enc.dim:
+            raise ConfigError(f"cache {cache.root}: text encoder {k} tokens are {width}-wide, the configured encoder's {enc.dim}")
+    c, h, w = cache.sample_shape()
+    if c != cfg.model.in_channels:
+        raise ConfigError(f"cache {cache.root} stores {c}-channel {'latents' if cache.is_latent else 'images'}, "
+                          f"model.in_channels is {cfg.model.in_channels}")
+    if cache.is_latent and vae is None:
+        raise ConfigError(f"cache {cache.root} stores latents: set vae.path to the VAE it was made with "
+                          "(the exported pipeline decodes with it)")
+    if not cache.is_latent and vae is not None:
+        raise ConfigError(f"cache {cache.root} stores pixels but vae.path is set; cache with --vae or unset vae.path")
+    factor = cfg.model.resolution // h if cache.is_latent else 1
+    if (h * factor, w * factor) != (cfg.model.resolution,) * 2 or factor != vae_factor:
+        raise ConfigError(f"cache {cache.root} stores {h}x{w} {'latents' if cache.is_latent else 'images'}; "
+                          f"model.resolution {cfg.model.resolution} with VAE factor {vae_factor} needs "
+                          f"{cfg.model.resolution // vae_factor}")
+    return factor
 
 
 @dataclass
@@ -234,7 +275,10 @@ class Trainer:
         if len(dataset) == 0:
             raise ValueError(f"dataset {cfg.data.path} is empty")
         self.dataset = dataset
-        self.data = preload(dataset, log, show_progress) if cfg.data.preload else None
+        from gentron.data.cache import FeatureCache
+
+        self.cache = dataset if isinstance(dataset, FeatureCache) else None  # latents/text precomputed
+        self.data = preload(dataset, log, show_progress) if cfg.data.preload and self.cache is None else None
         from gentron.train.video import make_video_plan  # T2V joint image-video batches (None for T2I)
 
         self.video_plan = make_video_plan(cfg, dataset, self.ctx.world)
@@ -249,6 +293,8 @@ class Trainer:
             if cfg.model.in_channels != self.vae.config.latent_channels:
                 raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the VAE at {cfg.vae.path} has "
                                   f"{self.vae.config.latent_channels} latent channels")
+        if self.cache is not None:
+            vae_factor = check_cache_matches(self.cache, cfg, self.text_encoders, self.vae, vae_factor)
         self.model = build_transformer(cfg, self.text_encoders, vae_factor=vae_factor).to(self.device)
         if cfg.model.init_from_dit and not resume:  # PixArt-α re-parameterised init (models/convert.py)
             from gentron.models.convert import init_model_from_dit
@@ -274,6 +320,8 @@ class Trainer:
             for enc in self.text_encoders
         ]
         self.trainable_text = [enc for enc in self.text_encoders if enc.trainable]
+        # cached text: caption dropout swaps in the live encoder's empty-prompt features (computed once)
+        self.empty_text = [enc.encode([""], device=self.device) for enc in self.text_encoders] if self.cache else []
         params = [p for p in self.model.parameters() if p.requires_grad]
         for enc in self.trainable_text:
             params += [p for p in enc.parameters() if p.requires_grad]
@@ -469,6 +517,26 @@ class Trainer:
         items = [self.dataset[int(i)] for i in idx]
         return torch.stack([it["pixel_values"] for it in items]).to(self.device), [it["caption"] for it in items], None
 
+    def load_cached_batch(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[TextEmbedding]]:
+        """Latents (sampled from the stored posterior with ``generator``) or pixels, and the stored text features."""
+        items = [self.cache.__getitem__(int(i), generator=generator) for i in idx]
+        x0 = torch.stack([it["latents" if self.cache.is_latent else "pixel_values"] for it in items]).to(self.device)
+        text = [TextEmbedding(*(torch.stack([it[f"text{k}"][j] for it in items]).to(self.device) for j in range(3)))
+                for k in range(self.cache.num_encoders)]
+        return x0, text
+
+    def cached_text_conditioning(self, text: list[TextEmbedding], drop: torch.Tensor) -> list[TextEmbedding]:
+        """Dropped captions (CFG training) get the empty prompt's features, as in `text_conditioning`."""
+        d = drop.to(self.device)
+        out = []
+        for emb, empty in zip(text, self.empty_text):
+            out.append(TextEmbedding(
+                tokens=torch.where(d[:, None, None], empty.tokens.to(emb.tokens.dtype), emb.tokens),
+                mask=torch.where(d[:, None], empty.mask, emb.mask),
+                pooled=torch.where(d[:, None], empty.pooled.to(emb.pooled.dtype), emb.pooled),
+            ))
+        return out
+
     def text_conditioning(self, captions: list[str], ids: Optional[torch.Tensor], drop: torch.Tensor) -> list[TextEmbedding]:
         """Per-encoder embeddings; dropped captions become the empty prompt (CFG training)."""
         out = []
@@ -516,16 +584,23 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.train.grad_accum):
             idx = self.batch_indices(self.step, micro)
-            x0, captions, ids = self.load_batch(idx)
-            if self.vae is not None:  # a fresh posterior sample each step, from a per-step generator
-                from gentron.models.vae import encode_latents
+            # a fresh VAE posterior sample each step, from a per-step generator (exact resume)
+            g_vae = step_generator(cfg.train.seed, self.step * cfg.train.grad_accum + micro, stream=7)
+            if self.cache is not None:
+                x0, cached_text = self.load_cached_batch(idx, g_vae)
+            else:
+                x0, captions, ids = self.load_batch(idx)
+                if self.vae is not None:
+                    from gentron.models.vae import encode_latents
 
-                g_vae = step_generator(cfg.train.seed, self.step * cfg.train.grad_accum + micro, stream=7)
-                x0 = encode_latents(self.vae, x0, sample=True, generator=g_vae)
+                    x0 = encode_latents(self.vae, x0, sample=True, generator=g_vae)
             drop, t, noise = self.sample_randomness(self.step, micro, x0.shape)
             noise = noise.to(self.device)
             t = t.to(self.device)
-            text = self.text_conditioning(captions, ids, drop)
+            if self.cache is not None:
+                text = self.cached_text_conditioning(cached_text, drop)
+            else:
+                text = self.text_conditioning(captions, ids, drop)
             x_t = self.diffusion.q_sample(x0, t, noise)
             with self._sync_context(micro):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
