@@ -14,10 +14,11 @@ replaced by the next readable item. Every skip is counted in :attr:`ImageCaption
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import torch
@@ -32,15 +33,23 @@ class ImageLoadError(OSError):
     """An image file exists but cannot be decoded."""
 
 
-def load_image(path: Union[str, Path]) -> Image.Image:
+def load_image(source: Union[str, Path, bytes, BinaryIO], name: Optional[str] = None) -> Image.Image:
     """Decode an image fully (so truncated files fail here, not later) as RGB.
 
+    ``source`` is a path, the file's bytes, or a readable binary file object — the latter two let tar
+    shards (:mod:`gentron.data.shards`) decode members without extracting them; ``name`` labels errors.
     Transparent images are composited onto white, the usual convention for cut-out pictures."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if not source.is_file():
+            raise FileNotFoundError(f"image file not found: {source}")
+        label = name or str(source)
+    else:
+        label = name or "<image bytes>"
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(source)
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
@@ -48,7 +57,7 @@ def load_image(path: Union[str, Path]) -> Image.Image:
                 return Image.alpha_composite(white, rgba).convert("RGB")
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageLoadError(f"could not decode image {path}: {e}") from e
+        raise ImageLoadError(f"could not decode image {label}: {e}") from e
 
 
 def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool = True,
