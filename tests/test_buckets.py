@@ -38,3 +38,66 @@ def test_bucket_batches_are_homogeneous_and_deterministic():
     assert batches != s.batches(epoch=1)
     assert len({bucket_of[b[0]] for b in batches[:6]}) > 1  # buckets alternate
     assert sorted(i for b in batches for i in b) == sorted(range(60))
+
+
+# -- bucketed training (trainer) ----------------------------------------------------------------
+
+
+def _aspect_folder(root, n=48, seed=0):
+    """Images of three aspect ratios (wide, square, tall) with captions, like real scraped data."""
+    import json
+    import random
+
+    root.mkdir(parents=True)
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        w, h = [(64, 32), (40, 40), (30, 60)][i % 3]
+        img = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
+        img.save(root / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"picture {i % 5}"}))
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_bucketed_images_keep_aspect_and_report_micro_conditions(tmp_path):
+    from gentron.data.buckets import BucketedImages
+    from gentron.data.folder import ImageCaptionFolder
+
+    data = BucketedImages(ImageCaptionFolder(_aspect_folder(tmp_path / "d"), resolution=32), base=32, multiple=4,
+                          show_progress=False)
+    assert all(h % 4 == 0 and w % 4 == 0 for h, w in data.buckets) and (32, 32) in data.buckets
+    wide, square, tall = data[0], data[1], data[2]
+    for item, (oh, ow) in zip((wide, square, tall), [(32, 64), (40, 40), (60, 30)]):
+        _, h, w = item["pixel_values"].shape
+        assert item["original_size"] == (oh, ow)
+        assert abs(math.log((h / w) / (oh / ow))) < 0.2 and abs(h * w / 32**2 - 1) <= 0.15
+        assert item["aspect_ratio"] == h / w
+    assert len({tuple(data[i]["pixel_values"].shape) for i in range(0, 48, 3)}) == 1
+
+
+def test_bucketed_training_with_micro_conditions_resumes_exactly(tmp_path):
+    import json
+
+    from conftest import tiny_overrides
+
+    from gentron.train.config import load_config
+    from gentron.train.trainer import Trainer
+
+    root = _aspect_folder(tmp_path / "d")
+    sets = tiny_overrides(root) + ["model.resolution=32", "model.conditioning=adaln-single",
+                                   "model.micro_conditions=true", "data.buckets=true", "train.batch_size=4",
+                                   "model.overrides={hidden_size: 48, num_heads: 2}"]
+
+    def run(out, steps, resume=None, extra=()):
+        cfg = load_config(None, sets + [f"train.steps={steps}"] + list(extra))
+        trainer = Trainer(cfg, out, resume=resume, log=lambda s: None, show_progress=False)
+        shapes = {tuple(trainer.load_batch(trainer.batch_indices(s, 0))[0].shape) for s in range(steps)}
+        trainer.fit()
+        return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()], shapes
+
+    full, shapes = run(tmp_path / "full", 6)
+    assert len(shapes) == 3  # batches come from all three buckets, each batch one shape
+    run(tmp_path / "part", 3, extra=["train.checkpoint_every=3"])
+    resumed, _ = run(tmp_path / "part", 6, resume="auto")
+    assert resumed == full

@@ -247,3 +247,29 @@ def test_step_batch_loader_workers_and_resume(folder_and_shards):
         for (_, a), (_, b) in zip(got, want):
             assert [(i, c) for i, c, _ in a] == [(i, c) for i, c, _ in b]
             assert all(torch.equal(x, y) for (_, _, x), (_, _, y) in zip(a, b))
+
+
+# -- training from shards, with worker processes ------------------------------------------------
+
+
+def _losses(sets, out):
+    import json
+
+    from gentron.train.config import load_config
+    from gentron.train.trainer import Trainer
+
+    Trainer(load_config(None, sets), out, log=lambda s: None, show_progress=False).fit()
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_from_shards_with_workers_equals_training_from_the_folder(shapes_data, tmp_path):
+    from conftest import tiny_overrides
+
+    write_tar_shards(shapes_data, tmp_path / "shards", shard_size=40)
+    base = tiny_overrides(shapes_data) + ["train.steps=4"]
+    folder = _losses(base, tmp_path / "a")
+    shards = _losses(base + ["data.kind=shards", f"data.path={tmp_path / 'shards'}"], tmp_path / "b")
+    streamed = _losses(base + ["data.kind=shards", f"data.path={tmp_path / 'shards'}/shard-{{000000..000002}}.tar",
+                               "data.preload=false", "train.num_workers=2"], tmp_path / "c")
+    assert shards == folder
+    torch.testing.assert_close(torch.tensor(streamed), torch.tensor(folder), rtol=1e-4, atol=1e-6)

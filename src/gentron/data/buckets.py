@@ -11,16 +11,21 @@ size and its bucket's aspect ratio to the model as micro-conditions (`GenTronTra
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 
 def aspect_ratio_buckets(base: int = 1024, num: int = 40, min_ratio: float = 0.25,
-                         max_ratio: float = 4.0) -> list[tuple[int, int]]:
-    """``num`` (height, width) buckets of area ≈ base², sorted by aspect ratio h / w."""
+                         max_ratio: float = 4.0, multiple: int = 1) -> list[tuple[int, int]]:
+    """Up to ``num`` (height, width) buckets of area ≈ base², sorted by aspect ratio h / w.
+
+    Sides are multiples of ``base / 16`` rounded up to ``multiple`` (patch size × VAE factor, so every
+    bucket patchifies exactly). Small bases have fewer distinct ratios than ``num``; all are returned then."""
     step = max(base // 16, 1)
+    step = -(-step // multiple) * multiple
     candidates: dict[float, tuple[int, int]] = {}
     sides = range(step, int(base * math.sqrt(max_ratio)) + 2 * step, step)
     for h in sides:
@@ -32,6 +37,7 @@ def aspect_ratio_buckets(base: int = 1024, num: int = 40, min_ratio: float = 0.2
             if key not in candidates or abs(area - 1) < abs(candidates[key][0] * candidates[key][1] / base**2 - 1):
                 candidates[key] = (h, w)
     ratios = sorted(candidates)
+    num = min(num, len(ratios))
     logs = [math.log(r) for r in ratios]
     picks: list[float] = []
     for k in range(num):  # evenly spaced targets in log-ratio; take the nearest unused candidate
@@ -88,3 +94,63 @@ class BucketBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch))
+
+
+class BucketedImages(torch.utils.data.Dataset):
+    """An image-caption dataset whose items are resized to their aspect-ratio bucket (PixArt-α multi-aspect
+    training) and carry the micro-conditions ``original_size`` (h, w) and the bucket's ``aspect_ratio``.
+
+    The wrapped dataset provides ``image_size(i) -> (h, w)`` (a header read, no decode) and
+    ``raw_image(i) -> PIL.Image`` (full decode, raising OSError on corrupt files) and ``caption(i)`` — `ImageCaptionFolder` and
+    `TarShardDataset` do. Sizes are read once at construction; an unreadable header puts the item in no
+    bucket (counted as ``corrupt_image``). A corrupt file found later is replaced by the next readable item
+    of the *same bucket*, so a batch always stacks."""
+
+    def __init__(self, dataset: Any, base: int, multiple: int = 1, num: int = 40, show_progress: bool = True):
+        self.dataset = dataset
+        self.buckets = aspect_ratio_buckets(base, num, multiple=multiple)
+        self.skipped: dict[str, int] = dict(getattr(dataset, "skipped", {}) or {})
+        self.skipped.setdefault("corrupt_image", 0)
+        self.original_sizes: list[tuple[int, int]] = []
+        self.bucket_of_item: list[int] = []
+        for i in tqdm(range(len(dataset)), desc="bucketing", disable=not show_progress, leave=False):
+            try:
+                h, w = dataset.image_size(i)
+                b = nearest_bucket(h, w, self.buckets)
+            except (OSError, ValueError):
+                h, w, b = 0, 0, -1
+                self.skipped["corrupt_image"] += 1
+            self.original_sizes.append((h, w))
+            self.bucket_of_item.append(b)
+        self._members: dict[int, list[int]] = {}
+        for i, b in enumerate(self.bucket_of_item):
+            self._members.setdefault(b, []).append(i)
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def captions(self) -> list[str]:
+        return self.dataset.captions
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from gentron.data.folder import to_tensor
+
+        b = self.bucket_of_item[index]
+        members = self._members[b]
+        start = members.index(index)
+        for k in range(len(members)):
+            i = members[(start + k) % len(members)]
+            if i in self._bad or b < 0:
+                continue
+            try:
+                image = self.dataset.raw_image(i)
+            except OSError:
+                self._bad.add(i)
+                self.skipped["corrupt_image"] += 1
+                continue
+            h, w = self.buckets[b]
+            return {"pixel_values": to_tensor(resize_to_bucket(image, (h, w))), "caption": self.dataset.caption(i),
+                    "index": i, "original_size": (image.height, image.width), "aspect_ratio": h / w}
+        raise RuntimeError(f"no readable image left in bucket {self.buckets[b] if b >= 0 else 'none'}")

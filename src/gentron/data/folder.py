@@ -89,14 +89,72 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-class ImageCaptionFolder(Dataset):
-    """Images with captions from a folder; items are ``{"pixel_values", "caption", "index"}``.
+class CaptionedImages(Dataset):
+    """What every image-caption data set shares: items ``{"pixel_values", "caption", "index"}`` as a square
+    crop at ``resolution``, and unreadable images skipped, counted and replaced by the next readable item.
 
-    ``index`` is the position of the item actually returned (it differs from the requested one when a
-    corrupt image was skipped). Non-centre crops are seeded by the item's index, so a given index always
-    yields the same pixels (exact resume); ``random_flip`` uses torch's global generator. Skip counters
-    live in the process that reads the item (DataLoader workers keep their own).
+    Subclasses say where images come from: ``raw_image(i)`` (full decode; raises `ImageLoadError` or
+    `FileNotFoundError`), ``caption(i)``, ``__len__`` and, for aspect-ratio buckets, ``image_size(i)``
+    (a header read). ``index`` in an item is the position actually returned (it differs from the one asked
+    for when a corrupt image was skipped). Non-centre crops are seeded by the item's index, so a given index
+    always yields the same pixels (exact resume); ``random_flip`` uses torch's global generator. Skip
+    counters live in the process that reads the item (DataLoader workers keep their own).
     """
+
+    resolution: int
+    center_crop: bool
+    random_flip: bool
+    skipped: dict[str, int]
+    _bad: set[int]
+
+    def raw_image(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def caption(self, index: int) -> str:
+        raise NotImplementedError
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of item ``index`` without decoding the pixels."""
+        raise NotImplementedError
+
+    def _load(self, index: int) -> Image.Image:
+        image = self.raw_image(index)
+        rng = None if self.center_crop else random.Random(index)
+        image = resize_and_crop(image, self.resolution, self.center_crop, rng)
+        if self.random_flip and torch.rand(()) < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return image
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        index %= n
+        for step in range(n):  # the next readable item, deterministically
+            i = (index + step) % n
+            if i in self._bad:
+                continue
+            try:
+                image = self._load(i)
+            except (ImageLoadError, FileNotFoundError) as e:  # a file may also vanish after indexing
+                self._bad.add(i)
+                self.skipped["corrupt_image" if isinstance(e, ImageLoadError) else "missing_file"] += 1
+                continue
+            return {"pixel_values": to_tensor(image), "caption": self.caption(i), "index": i}
+        raise RuntimeError(f"none of the {n} images of {self!r} could be decoded")
+
+
+def image_size_of(source: Union[str, Path, bytes], name: str) -> tuple[int, int]:
+    """(height, width) from an image header (no pixel decode); `ImageLoadError` when unreadable."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageLoadError(f"could not read the image header of {name}: {e}") from e
+
+
+class ImageCaptionFolder(CaptionedImages):
+    """Images with captions from a folder (``captions.jsonl`` or sidecar ``.txt`` files); see `CaptionedImages`."""
 
     def __init__(self, root: Union[str, Path], resolution: int, center_crop: bool = True,
                  random_flip: bool = False):
@@ -142,32 +200,14 @@ class ImageCaptionFolder(Dataset):
     def captions(self) -> list[str]:
         return [c for _, c in self.entries]
 
-    def _load(self, index: int) -> Image.Image:
-        path, _ = self.entries[index]
-        image = load_image(path)
-        rng = None if self.center_crop else random.Random(index)
-        image = resize_and_crop(image, self.resolution, self.center_crop, rng)
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return image
+    def raw_image(self, index: int) -> Image.Image:
+        return load_image(self.entries[index][0])
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self.entries)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} items")
-        index %= n
-        for step in range(n):  # the next readable item, deterministically
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                image = self._load(i)
-            except (ImageLoadError, FileNotFoundError) as e:  # a file may also vanish after indexing
-                self._bad.add(i)
-                self.skipped["corrupt_image" if isinstance(e, ImageLoadError) else "missing_file"] += 1
-                continue
-            return {"pixel_values": to_tensor(image), "caption": self.entries[i][1], "index": i}
-        raise RuntimeError(f"none of the {n} images in {self.root} could be decoded")
+    def caption(self, index: int) -> str:
+        return self.entries[index][1]
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return image_size_of(self.entries[index][0], str(self.entries[index][0]))
 
     def __repr__(self) -> str:
         skipped = {k: v for k, v in self.skipped.items() if v}
@@ -175,7 +215,7 @@ class ImageCaptionFolder(Dataset):
                 f"resolution={self.resolution}, skipped={skipped})")
 
 
-__all__ = ["ImageCaptionFolder", "ImageLoadError", "load_image", "resize_and_crop", "to_tensor", "IMAGE_EXTENSIONS"]
+__all__ = ["CaptionedImages", "ImageCaptionFolder", "image_size_of", "ImageLoadError", "load_image", "resize_and_crop", "to_tensor", "IMAGE_EXTENSIONS"]
 
 
 def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[tuple[Path, str]]:

@@ -40,7 +40,6 @@ import glob
 import io
 import json
 import os
-import random
 import re
 import tarfile
 from collections import OrderedDict
@@ -48,11 +47,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from gentron.data.folder import SKIP_REASONS, ImageCaptionFolder, ImageLoadError, load_image, resize_and_crop, to_tensor
+from gentron.data.folder import (
+    SKIP_REASONS,
+    CaptionedImages,
+    ImageCaptionFolder,
+    ImageLoadError,
+    image_size_of,
+    load_image,
+)
 
 IMAGE_EXTS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp")
 SHARD_SKIP_REASONS: tuple[str, ...] = SKIP_REASONS + ("corrupt_shard",)
@@ -324,7 +328,7 @@ def load_shard_index(path: Union[str, Path], cache: bool = True) -> dict[str, An
 # ------------------------------------------------------------------------------------------------
 
 
-class TarShardDataset(Dataset):
+class TarShardDataset(CaptionedImages):
     """Images with captions from webdataset tar shards; items are ``{"pixel_values", "caption", "index"}``,
     exactly as :class:`~gentron.data.folder.ImageCaptionFolder`'s.
 
@@ -416,31 +420,14 @@ class TarShardDataset(Dataset):
                                  f"(the shard changed after it was indexed?)")
         return data
 
-    def _load(self, index: int) -> Image.Image:
-        image = load_image(self.read_bytes(index), name=f"item {index} in {self.shard_of(index)}")
-        rng = None if self.center_crop else random.Random(index)
-        image = resize_and_crop(image, self.resolution, self.center_crop, rng)
-        if self.random_flip and torch.rand(()) < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return image
+    def raw_image(self, index: int) -> Image.Image:
+        return load_image(self.read_bytes(index), name=f"item {index} in {self.shard_of(index)}")
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        n = len(self._captions)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} items")
-        index %= n
-        for step in range(n):  # the next readable item, deterministically
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                image = self._load(i)
-            except (ImageLoadError, FileNotFoundError) as e:  # a shard may also vanish after indexing
-                self._bad.add(i)
-                self.skipped["corrupt_image" if isinstance(e, ImageLoadError) else "missing_file"] += 1
-                continue
-            return {"pixel_values": to_tensor(image), "caption": self._captions[i], "index": i}
-        raise RuntimeError(f"none of the {n} images in the tar shards from {self.spec!r} could be decoded")
+    def caption(self, index: int) -> str:
+        return self._captions[index]
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return image_size_of(self.read_bytes(index), f"item {index} in {self.shard_of(index)}")
 
     def close(self) -> None:
         """Close this process's shard file handles (they reopen on the next access)."""

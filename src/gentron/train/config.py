@@ -66,6 +66,8 @@ class DataConfig:
     random_flip: bool = False  # off by default: flips break "left of / right of" captions
     preload: bool = True  # keep decoded images in memory (small data sets)
     kinds_weights: dict = field(default_factory=dict)  # shapes: mixture of single/count/spatial/complex scenes
+    buckets: bool = False  # multi-aspect-ratio buckets (PixArt-α): each batch from one bucket around model.resolution²
+    num_buckets: int = 40  # PixArt-α: 40 ratios from 0.25 to 4 (fewer at small sizes)
 
 
 DATA_KINDS: tuple[str, ...] = ("shapes", "folder", "shards", "cache")

@@ -142,6 +142,16 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
     )
 
 
+def build_patch_size(cfg: RunConfig) -> int:
+    """The patch size the run's model will have (zoo name, then overrides)."""
+    return int(cfg.model.overrides.get("patch_size", zoo_config(cfg.model.name)["patch_size"]))
+
+
+def keep_batch(bucketed, batch: list[int]) -> bool:
+    """A bucket batch is usable unless it is the group of unreadable images (bucket -1)."""
+    return bucketed.bucket_of_item[batch[0]] >= 0
+
+
 def check_cache_matches(cache, cfg: RunConfig, encoders: list[TextEncoder], vae, vae_factor: int) -> int:
     """A feature cache must have been made with the run's encoders (kind, max length, width) and VAE; returns
     the latent downsampling factor (resolution / stored size). Mismatches are config errors, not shape crashes."""
@@ -278,7 +288,8 @@ class Trainer:
         from gentron.data.cache import FeatureCache
 
         self.cache = dataset if isinstance(dataset, FeatureCache) else None  # latents/text precomputed
-        self.data = preload(dataset, log, show_progress) if cfg.data.preload and self.cache is None else None
+        preloadable = cfg.data.preload and self.cache is None and not cfg.data.buckets
+        self.data = preload(dataset, log, show_progress) if preloadable else None
         from gentron.train.video import make_video_plan  # T2V joint image-video batches (None for T2I)
 
         self.video_plan = make_video_plan(cfg, dataset, self.ctx.world)
@@ -295,6 +306,16 @@ class Trainer:
                                   f"{self.vae.config.latent_channels} latent channels")
         if self.cache is not None:
             vae_factor = check_cache_matches(self.cache, cfg, self.text_encoders, self.vae, vae_factor)
+        self.bucketed = None
+        if cfg.data.buckets:  # multi-aspect training (PixArt-α): sides multiple of patch × VAE factor
+            from gentron.data.buckets import BucketedImages
+
+            if self.cache is not None or getattr(self, "video_plan", None) is not None:
+                raise ConfigError("data.buckets works with image folders and shards (not caches or video)")
+            multiple = vae_factor * build_patch_size(cfg)
+            self.bucketed = self.dataset = BucketedImages(self.dataset, base=cfg.model.resolution, multiple=multiple,
+                                                          num=cfg.data.num_buckets, show_progress=show_progress)
+            log(f"aspect-ratio buckets: {len(self.bucketed.buckets)} at base {cfg.model.resolution}px")
         self.model = build_transformer(cfg, self.text_encoders, vae_factor=vae_factor).to(self.device)
         if cfg.model.init_from_dit and not resume:  # PixArt-α re-parameterised init (models/convert.py)
             from gentron.models.convert import init_model_from_dit
@@ -498,6 +519,8 @@ class Trainer:
         if getattr(self, "video_plan", None) is not None:  # T2V: per-sample motion-free mix (data/video.py)
             return self.video_plan.draw(step * self.cfg.train.grad_accum + micro)[0]
         b = self.cfg.train.batch_size * self.ctx.world
+        if self.bucketed is not None:  # every global batch from one aspect-ratio bucket (data/buckets.py)
+            return torch.tensor(self._bucket_batch(step * self.cfg.train.grad_accum + micro, b))
         n = len(self.data) if self.data is not None else len(self.dataset)
         start = (step * self.cfg.train.grad_accum + micro) * b
         out = []
@@ -509,13 +532,64 @@ class Trainer:
             out.append(int(self._perm[offset]))
         return torch.tensor(out)
 
-    def load_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor]]:
+    def _bucket_batch(self, k: int, size: int) -> list[int]:
+        """The k-th global batch of the bucket sampler: epoch e's batch list is a function of (seed, e), and
+        every epoch has the same number of batches, so k alone locates it (exact resume)."""
+        from gentron.data.buckets import BucketBatchSampler
+
+        if getattr(self, "_bucket_sampler", None) is None:
+            # unreadable images (bucket -1) form their own group, whose batches `keep_batch` drops
+            self._bucket_sampler = BucketBatchSampler(self.bucketed.bucket_of_item, size, seed=self.cfg.train.seed)
+            self._bucket_epochs: dict[int, list[list[int]]] = {}
+        sampler = self._bucket_sampler
+        first = self._bucket_epochs.setdefault(0, [bt for bt in sampler.batches(0) if keep_batch(self.bucketed, bt)])
+        if not first:
+            raise ValueError(f"no aspect-ratio bucket holds a full global batch of {size} images; "
+                             "lower train.batch_size or add data")
+        epoch, j = divmod(k, len(first))
+        if epoch not in self._bucket_epochs:
+            self._bucket_epochs = {0: first, epoch: [bt for bt in sampler.batches(epoch) if keep_batch(self.bucketed, bt)]}
+        batches = self._bucket_epochs[epoch]
+        return batches[j % len(batches)]
+
+    def micro_conditions(self, idx: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+        """PixArt-α 1024-MS micro-conditions for a model built with them: each image's original (h, w) and
+        its bucket's aspect ratio; square training without buckets passes the training size and 1."""
+        if not self.model.config.micro_conditions:
+            return None
+        if self.bucketed is not None:
+            sizes = [self.bucketed.original_sizes[int(i)] for i in idx]
+            ratios = [self.bucketed.buckets[self.bucketed.bucket_of_item[int(i)]] for i in idx]
+            ratios = [h / w for h, w in ratios]
+        else:
+            sizes = [(self.cfg.model.resolution,) * 2] * len(idx)
+            ratios = [1.0] * len(idx)
+        return {"resolution": torch.tensor(sizes, dtype=torch.float32, device=self.device),
+                "aspect_ratio": torch.tensor(ratios, dtype=torch.float32, device=self.device)[:, None]}
+
+    def load_batch(self, idx: torch.Tensor, key: Optional[int] = None) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor]]:
+        """Pixels in [-1, 1], captions and (preloaded data) caption ids of a micro-batch. ``key`` =
+        step × grad_accum + micro lets ``train.num_workers`` worker processes prefetch it (data/loader.py)."""
         if self.data is not None:
             x = self.data.images[idx].to(self.device).float() / 127.5 - 1.0
             ids = self.data.caption_ids[idx]
             return x, [self.data.captions[i] for i in ids.tolist()], ids
-        items = [self.dataset[int(i)] for i in idx]
+        items = self._prefetched(key) if self.cfg.train.num_workers > 0 and key is not None else \
+            [self.dataset[int(i)] for i in idx]
         return torch.stack([it["pixel_values"] for it in items]).to(self.device), [it["caption"] for it in items], None
+
+    def _prefetched(self, key: int) -> list[dict[str, Any]]:
+        """Items of micro-batch ``key`` from the worker pool; (re)started at ``key`` after a resume or a jump."""
+        if getattr(self, "_loader_next", None) != key:
+            from gentron.data.loader import StepBatchLoader
+
+            accum = self.cfg.train.grad_accum
+            loader = StepBatchLoader(self.dataset, lambda k: self.batch_indices(*divmod(k, accum)), key,
+                                     max(key + 1, self.cfg.train.steps * accum), num_workers=self.cfg.train.num_workers)
+            self._loader = iter(loader)
+        k, items = next(self._loader)
+        self._loader_next = k + 1
+        return items
 
     def load_cached_batch(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, list[TextEmbedding]]:
         """Latents (sampled from the stored posterior with ``generator``) or pixels, and the stored text features."""
@@ -589,7 +663,7 @@ class Trainer:
             if self.cache is not None:
                 x0, cached_text = self.load_cached_batch(idx, g_vae)
             else:
-                x0, captions, ids = self.load_batch(idx)
+                x0, captions, ids = self.load_batch(idx, key=self.step * cfg.train.grad_accum + micro)
                 if self.vae is not None:
                     from gentron.models.vae import encode_latents
 
@@ -610,6 +684,7 @@ class Trainer:
                         encoder_hidden_states=tuple(e.tokens for e in text),
                         encoder_attention_mask=tuple(e.mask for e in text),
                         pooled_projections=tuple(e.pooled for e in text),
+                        added_cond_kwargs=self.micro_conditions(idx),
                         motion_free=video_motion_free(self, micro),
                     ).sample
                 losses = self.diffusion.training_losses(out.float(), x0, x_t, t, noise)
