@@ -144,3 +144,17 @@ def test_all_corrupt_raises_and_load_image_errors(tmp_path):
 def test_transparent_images_are_composited(tmp_path):
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "t.png")
     assert load_image(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_captions_csv_index(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (20, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.csv").write_text(
+        'file,caption,source\n0.png,"a red, round thing",web\n1.png,,web\nmissing.png,x,web\n2.png,second,web\n')
+    data = ImageCaptionFolder(tmp_path, resolution=16)
+    assert data.source == "captions.csv" and data.captions == ["a red, round thing", "second"]
+    assert data.skipped["missing_caption"] == 1 and data.skipped["missing_file"] == 1
+    assert data[1]["pixel_values"].shape == (3, 16, 16)
+    (tmp_path / "captions.csv").write_text("path,label\n0.png,x\n")
+    with pytest.raises(ValueError, match="header must name a file column"):
+        ImageCaptionFolder(tmp_path, resolution=16)

@@ -1,10 +1,11 @@
 """The user data path: a folder of images with captions, as a PyTorch data set.
 
-Two layouts are read (the first wins when both are present):
+Three layouts are read (the first present wins):
 
 * ``ROOT/captions.jsonl`` — one JSON object per line with ``"file"`` (relative to ROOT, or absolute) and
   ``"caption"`` (or ``"text"``); other keys are ignored. This is what
   :func:`gentron.data.shapes.write_shapes_dataset` writes, so the built-in data goes through this code.
+* ``ROOT/captions.csv`` — a header with ``file`` (or ``file_name``) and ``caption`` (or ``text``) columns.
 * sidecar captions — ``ROOT/**/NAME.png`` (png/jpg/jpeg/webp/bmp) with its caption in ``NAME.txt`` beside it.
 
 Real data is messy, so nothing here crashes a long training run: records without a caption or file are
@@ -170,26 +171,23 @@ class ImageCaptionFolder(CaptionedImages):
             raise FileNotFoundError(f"data folder {self.root} does not exist")
         if not self.root.is_dir():
             raise NotADirectoryError(f"data path {self.root} is not a folder")
-        jsonl = self.root / "captions.jsonl"
-        self.source = "captions.jsonl" if jsonl.is_file() else "sidecar"
-        self.entries: list[tuple[Path, str]] = (
-            self._read_jsonl(jsonl) if self.source == "captions.jsonl" else self._read_sidecars()
-        )
+        jsonl, csv_index = self.root / "captions.jsonl", self.root / "captions.csv"
+        if jsonl.is_file():
+            self.source = "captions.jsonl"
+            self.entries: list[tuple[Path, str]] = read_captions_jsonl(jsonl, self.root, self.skipped)
+        elif csv_index.is_file():
+            self.source = "captions.csv"
+            self.entries = read_captions_csv(csv_index, self.root, self.skipped)
+        else:
+            self.source = "sidecar"
+            self.entries = read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
         if not self.entries:
             found = {k: v for k, v in self.skipped.items() if v}
             raise ValueError(
                 f"no images with captions found in {self.root}: expected captions.jsonl (lines like "
-                f'{{"file": "images/0.png", "caption": "..."}}) or IMG.txt caption files beside images '
-                f"({', '.join(IMAGE_EXTENSIONS)})" + (f"; skipped {found}" if found else "")
+                f'{{"file": "images/0.png", "caption": "..."}}), captions.csv (file,caption columns) or IMG.txt '
+                f"caption files beside images ({', '.join(IMAGE_EXTENSIONS)})" + (f"; skipped {found}" if found else "")
             )
-
-    # -- index building ---------------------------------------------------------------------------
-
-    def _read_jsonl(self, path: Path) -> list[tuple[Path, str]]:
-        return read_captions_jsonl(path, self.root, self.skipped)
-
-    def _read_sidecars(self) -> list[tuple[Path, str]]:
-        return read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
 
     # -- access -----------------------------------------------------------------------------------
 
@@ -232,6 +230,27 @@ def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[tuple[P
     return entries
 
 
+def _entry_from_record(rec: Any, root: Path, skipped: dict) -> Optional[tuple[Path, str]]:
+    """(file, caption) from one index record ({"file" or "file_name", "caption" or "text"}), or None with the
+    reason counted in ``skipped``."""
+    if not isinstance(rec, dict):
+        skipped["bad_record"] += 1
+        return None
+    file = rec.get("file", rec.get("file_name"))
+    caption = rec.get("caption", rec.get("text"))
+    if not isinstance(file, str) or not file:
+        skipped["bad_record"] += 1
+        return None
+    if not isinstance(caption, str) or not caption.strip():
+        skipped["missing_caption"] += 1
+        return None
+    image = Path(file) if Path(file).is_absolute() else root / file
+    if not image.is_file():
+        skipped["missing_file"] += 1
+        return None
+    return image, caption.strip()
+
+
 def read_captions_jsonl(path: Path, root: Path, skipped: dict) -> list[tuple[Path, str]]:
     """(file, caption) per line of a ``captions.jsonl`` ({"file" or "file_name", "caption" or "text"});
     bad lines, empty captions and missing files are counted in ``skipped`` instead of raising."""
@@ -245,20 +264,26 @@ def read_captions_jsonl(path: Path, root: Path, skipped: dict) -> list[tuple[Pat
             except json.JSONDecodeError:
                 skipped["bad_record"] += 1
                 continue
-            if not isinstance(rec, dict):
-                skipped["bad_record"] += 1
-                continue
-            file = rec.get("file", rec.get("file_name"))
-            caption = rec.get("caption", rec.get("text"))
-            if not isinstance(file, str) or not file:
-                skipped["bad_record"] += 1
-                continue
-            if not isinstance(caption, str) or not caption.strip():
-                skipped["missing_caption"] += 1
-                continue
-            image = Path(file) if Path(file).is_absolute() else root / file
-            if not image.is_file():
-                skipped["missing_file"] += 1
-                continue
-            entries.append((image, caption.strip()))
+            entry = _entry_from_record(rec, root, skipped)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def read_captions_csv(path: Path, root: Path, skipped: dict) -> list[tuple[Path, str]]:
+    """(file, caption) per row of a ``captions.csv`` with a header naming ``file`` (or ``file_name``) and
+    ``caption`` (or ``text``) columns; other columns are ignored, bad rows counted as in the JSONL reader."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = set(reader.fieldnames or [])
+        if not fields & {"file", "file_name"} or not fields & {"caption", "text"}:
+            raise ValueError(f"{path}: the header must name a file column (file or file_name) and a caption column "
+                             f"(caption or text); found {sorted(fields)}")
+        entries = []
+        for row in reader:
+            entry = _entry_from_record(row, root, skipped)
+            if entry is not None:
+                entries.append(entry)
     return entries
