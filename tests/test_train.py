@@ -325,3 +325,17 @@ def test_train_init_from_dit_rejects_a_mismatched_checkpoint(shapes_data, tmp_pa
     assert cli(argv) == 2
     err = capsys.readouterr().err
     assert "init-from-dit" in err and "hidden_size 32 (checkpoint) vs 64 (config)" in err
+
+
+def test_progressive_resolution_continues_from_a_lower_resolution_run(shapes_data, tmp_path):
+    from gentron.models.transformer import GenTronTransformer
+
+    low = make_trainer(shapes_data, tmp_path / "low", ["train.steps=2"])
+    low.fit()
+    high = make_trainer(shapes_data, tmp_path / "high", ["model.resolution=32", f"video.init_from={tmp_path / 'low'}"])
+    assert high.model.config.sample_size == 32 and low.model.config.sample_size == 16
+    trained = GenTronTransformer.from_pretrained(tmp_path / "low" / "pipeline" / "transformer").state_dict()
+    own = high.model.state_dict()
+    assert set(trained) == set(own) and all(torch.equal(own[k], v) for k, v in trained.items())
+    high.cfg.train.steps = 1
+    assert high.fit()["steps"] == 1

@@ -308,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     s.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     s.add_argument("--resume", help="'auto' (newest complete checkpoint in the run dir) or a checkpoint path")
-    s.add_argument("--init-from", metavar="T2I_MODEL_DIR",
-                   help="T2V: load the shared weights of a trained T2I run/pipeline; new temporal layers start at zero")
+    s.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="start from the weights of a trained run/pipeline: a lower-resolution one (progressive "
+                        "resolution; positions are recomputed) or, for T2V, a T2I one (new temporal layers start at zero)")
     s.add_argument("--init-from-dit", metavar="DIT_CKPT",
                    help="PixArt-α re-parameterised init from an official DiT class checkpoint (.pt/.pth/.safetensors)")
     s.set_defaults(func=cmd_train)
