@@ -4,7 +4,9 @@ Same GenTron model (demo shapes, cross-attention) built twice, once with a TempS
 both run on the same (B, C, T, H, W) video batch (the model without temporal layers runs the frames as
 images). Interleaved A/B rounds, median; reports sampling-style forward (no grad) and train step.
 
-    python bench/temporal_overhead.py [--frames 8] [--videos 4] [--rounds 5]
+    python bench/temporal_overhead.py [--frames 8] [--videos 4] [--rounds 5] [--every 1 2 3]
+
+``--every k`` adds an arm with TempSelfAttn in every k-th block only (``model.temporal_every``); 1 is GenTron's.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--every", type=int, nargs="+", default=[1], help="temporal_every values to measure")
     args = ap.parse_args()
     cfg = demo_bench_config()
     if args.threads or cfg.threads:
         torch.set_num_threads(args.threads or cfg.threads)
     torch.set_flush_denormal(True)
     dev = torch.device("cpu")
-    models = {"image": build_gentron(cfg, "cross-attn"), "temporal": build_gentron(cfg, "cross-attn", temporal_layers=True)}
+    models = {"image": build_gentron(cfg, "cross-attn")}
+    for k in args.every:
+        models[f"every block" if k == 1 else f"every {k}{ {2: 'nd', 3: 'rd'}.get(k, 'th')} block"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_every=k)
     for m in models.values():  # non-zero temporal output projections so nothing is short-cut
         for blk in m.blocks:
             if blk.temporal_attn is not None:
@@ -83,9 +88,10 @@ def main() -> None:
                 times[k].append((time.perf_counter() - t0) / args.iters)
         med = {k: statistics.median(v) for k, v in times.items()}
         frames = n * args.frames
-        print(f"{what:<15} ({n} videos × {args.frames} frames): per frame {1e3 * med['image'] / frames:.2f} ms without, "
-              f"{1e3 * med['temporal'] / frames:.2f} ms with temporal attention → "
-              f"+{100 * (med['temporal'] / med['image'] - 1):.1f}% per frame", flush=True)
+        print(f"{what:<15} ({n} videos × {args.frames} frames): per frame {1e3 * med['image'] / frames:.2f} ms without "
+              "temporal attention; with TempSelfAttn in " + ", ".join(
+                  f"{k}: {1e3 * med[k] / frames:.2f} ms (+{100 * (med[k] / med['image'] - 1):.1f}%)"
+                  for k in med if k != "image"), flush=True)
 
 
 if __name__ == "__main__":

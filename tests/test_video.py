@@ -311,3 +311,14 @@ def test_video_eval_is_exact_on_ground_truth_and_catches_wrong_motion():
     still = summarize(prompts, [[c[0]] * len(c) for c in clips])["accuracy"]
     assert reverse["motion"] == 0.0 and still["motion"] == 0.0
     assert reverse["frame"] == 1.0 and still["consistency"] == 1.0
+
+
+def test_temporal_every_k_blocks():
+    kw = zoo_config("GenTron-T/4", conditioning="cross-attn", text_dims=[8], sample_size=8, in_channels=3,
+                    learn_sigma=False, depth=4)
+    every2 = GenTronTransformer(**kw, temporal_layers=True, temporal_every=2)
+    assert [b.temporal_attn is not None for b in every2.blocks] == [True, False, True, False]
+    full = GenTronTransformer(**kw, temporal_layers=True)
+    assert all(b.temporal_attn is not None for b in full.blocks)
+    with pytest.raises(ValueError, match="temporal_every"):
+        GenTronTransformer(**kw, temporal_layers=True, temporal_every=0)

@@ -17,7 +17,8 @@ encoder ``i mod k``; each encoder has its own token projection and the pooled em
 encoders are added to the time embedding.
 
 Video (GenTron Sec. 3.3.1): with ``temporal_layers=True`` every block gets a TempSelfAttn between the
-cross-attention and the MLP (Eq. 3-5) whose output projection is zero-initialised, so a T2V model
+cross-attention and the MLP (Eq. 3-5) — or, with ``temporal_every=k > 1`` (a cheaper option that is not the
+paper's), every k-th block — whose output projection is zero-initialised, so a T2V model
 initialised from a T2I model starts as that T2I model applied frame by frame. With
 ``temporal_pos_embed=True`` (default) a fixed 1-D sin-cos frame embedding enters the temporal queries and
 keys only (not values, not the residual stream): still zero at init, motion-free (identity-mask) frames
@@ -436,12 +437,15 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         class_dropout: bool = True,
         micro_conditions: bool = False,
         temporal_layers: bool = False,
+        temporal_every: int = 1,
         temporal_pos_embed: bool = True,
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
     ):
         super().__init__()
+        if temporal_every < 1:
+            raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2-D sin-cos positions), got {hidden_size}")
         if conditioning not in CONDITIONING_MODES:
@@ -488,11 +492,11 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 conditioning,
                 # GenTron interleaved cross-attention: block i attends to encoder i mod k.
                 context_dim=hidden_size if uses_cross else None,
-                temporal=temporal_layers,
+                temporal=temporal_layers and i % temporal_every == 0,
                 norm_eps=norm_eps,
                 temporal_pos_embed=temporal_pos_embed,
             )
-            for _ in range(depth)
+            for i in range(depth)
         )
         self.final_layer = FinalLayer(
             hidden_size, patch_size, self.out_channels, single=conditioning == "adaln-single", norm_eps=norm_eps

@@ -98,6 +98,7 @@ def build_transformer(cfg: RunConfig, text_encoders: list[TextEncoder], vae_fact
         text_dims=[e.dim for e in text_encoders] if mode != "class" else [],
         pooled_dims=[e.pooled_dim for e in text_encoders] if mode in ("adaln-zero", "cross-attn") else None,
         temporal_layers=cfg.model.temporal_layers,
+        temporal_every=cfg.model.temporal_every,
         micro_conditions=cfg.model.micro_conditions,
     )
     kwargs.update(cfg.model.overrides)
