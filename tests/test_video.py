@@ -280,7 +280,8 @@ def test_cli_sample_video_and_eval_video(video_run, tmp_path, capsys):
     assert main(["eval", "shapes", "--video", "--model", model, "--num", "2", "--steps", "1", "--frames", "4",
                  "--out", str(tmp_path / "v.json")]) == 0
     report = json.loads((tmp_path / "v.json").read_text())
-    assert set(report["accuracy"]) == {"motion", "consistency", "frame", "overall"}
+    assert set(report["accuracy"]) == {"motion_direction", "temporal_consistency", "frame_color", "frame_shape",
+                                       "overall"}
     assert "motion direction accuracy" in capsys.readouterr().out
     assert main(["sample", "--model", str(tmp / "t2i"), "--prompt", "x", "--frames", "4",
                  "--out", str(tmp_path / "x.mp4")]) == 2  # image model: a message, not a traceback
@@ -309,8 +310,8 @@ def test_video_eval_is_exact_on_ground_truth_and_catches_wrong_motion():
     clips = ground_truth_clips(prompts)
     reverse = summarize(prompts, [c[::-1] for c in clips])["accuracy"]
     still = summarize(prompts, [[c[0]] * len(c) for c in clips])["accuracy"]
-    assert reverse["motion"] == 0.0 and still["motion"] == 0.0
-    assert reverse["frame"] == 1.0 and still["consistency"] == 1.0
+    assert reverse["motion_direction"] == 0.0 and still["motion_direction"] == 0.0
+    assert reverse["frame_shape"] == 1.0 and reverse["frame_color"] == 1.0 and still["temporal_consistency"] == 1.0
 
 
 def test_temporal_every_k_blocks():
@@ -322,3 +323,25 @@ def test_temporal_every_k_blocks():
     assert all(b.temporal_attn is not None for b in full.blocks)
     with pytest.raises(ValueError, match="temporal_every"):
         GenTronTransformer(**kw, temporal_layers=True, temporal_every=0)
+
+
+def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, tmp_path, monkeypatch):
+    import shutil
+
+    from gentron.cli import demo
+
+    tmp, _ = video_run
+    shutil.copytree(tmp / "t2i", tmp_path / "run")  # stands in for `gentron demo --out tmp_path`
+    (tmp_path / "report.json").write_text(json.dumps({"accuracy": {"color": 0.5}, "chance": {"color": 0.2}}))
+    (tmp_path / "report.md").write_text("# gentron demo report\n\nimage table\n")
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the image demo must be reused"))
+    sets = ["video.num_frames=4", "video.num=8", "train.batch_size=4", "sample.steps=1"]
+    result = demo.run_video_demo(tmp_path, minutes=0.05, overrides=sets, eval_prompts=2)
+    assert result["init_from"] == str(tmp_path / "run") and result["t2v_steps"] >= 1
+    assert set(result["motion_guidance_sweep"]) == {"1.0", "1.15", "1.3"}
+    merged = json.loads((tmp_path / "report.json").read_text())
+    assert merged["accuracy"]["color"] == 0.5 and set(demo.VIDEO_ACCURACY_KEYS) <= set(merged["accuracy"])
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# gentron demo report") and "image table" in text and "## Text-to-video" in text
+    with Image.open(tmp_path / "video-samples.gif") as gif:
+        assert gif.n_frames == 4

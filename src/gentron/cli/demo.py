@@ -141,10 +141,12 @@ seen in training), {report['sampler']} {report['steps']} steps, guidance {report
 
 
 # ------------------------------------------------------------------------------------------------
-# `gentron demo --video`: T2I (brief, or --init-from) → T2V on moving shapes → video eval table
+# `gentron demo --video`: the image demo's model (or --init-from) → T2V on moving shapes → video report
 # ------------------------------------------------------------------------------------------------
 
-VIDEO_DEMO_MINUTES = 8.0  # default total training budget (T2I 40 % + T2V 60 %; T2V only with --init-from)
+VIDEO_DEMO_MINUTES = 15.0  # the T2V stage's whole budget (data, fine-tuning, evaluation), after the image demo
+MOTION_GUIDANCE_SWEEP = (1.0, 1.15, 1.3)  # λ_M values evaluated (GenTron Eq. 6; 1.0 = plain CFG, motion on)
+VIDEO_ACCURACY_KEYS = {"motion_direction", "temporal_consistency", "frame_color", "frame_shape"}
 
 
 def video_demo_overrides(out: Path, minutes: float) -> list[str]:
@@ -171,70 +173,103 @@ def video_demo_overrides(out: Path, minutes: float) -> list[str]:
 
 def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
                    overrides: Optional[list[str]] = None, init_from: Optional[str] = None,
-                   eval_prompts: int = 24, motion_guidance: float = 1.2) -> dict:
-    """Train (or reuse) a T2I model, fine-tune it to T2V with joint image-video training, sample clips
-    and report motion / consistency / per-frame accuracy on held-out moving-shapes prompts."""
+                   eval_prompts: int = 24, motion_guidance: float = 1.15) -> dict:
+    """Continue the image demo in ``out`` (``out/run``; it is run first when missing) or ``init_from`` as a
+    T2V model: joint image-video fine-tuning with the motion-free mask, then clips for held-out
+    moving-shapes prompts at each λ_M of :data:`MOTION_GUIDANCE_SWEEP` and the video report."""
     from gentron.cli.main import autocast_for, load_pipeline
-    from gentron.data.video import write_video
     from gentron.eval.video_eval import evaluate_video_shapes, format_video_table
     from gentron.pipelines import make_grid
     from gentron.train.config import load_config
     from gentron.train.trainer import Trainer
 
-    t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    total = float(minutes if minutes is not None else VIDEO_DEMO_MINUTES)
     if init_from is None:
-        t2i_min = 0.4 * total
-        sets = [f"data.path={out / 'data'}", "data.num=3000", f"train.device={device}",
-                f"train.max_minutes={t2i_min}", "data.kinds_weights={single: 0.7, count: 0.15, spatial: 0.15}"]
-        cfg = load_config(recipe_path(), sets)
-        print(f"gentron demo --video: stage 1/2, T2I for {t2i_min:.1f} min ({cfg.model.name})")
-        Trainer(cfg, out / "t2i").fit()
-        init_from = str(out / "t2i")
-        t2v_min = total - t2i_min
-    else:
-        t2v_min = total
+        init_from = str(out / "run")
+        if not (out / "run" / "pipeline").is_dir():
+            print(f"gentron demo --video: no image demo in {out} yet; running it first")
+            run_demo(out, device=device)
+        else:
+            print(f"gentron demo --video: continuing from the image demo's model in {init_from}")
     base = Path(init_from) / "config.yaml"
     if not base.is_file():
         raise FileNotFoundError(f"--init-from {init_from}: no config.yaml (expected a `gentron train` run directory)")
-    sets = video_demo_overrides(out, t2v_min) + [f"video.init_from={init_from}", f"train.device={device}"]
+    t0 = time.time()
+    budget = float(minutes if minutes is not None else VIDEO_DEMO_MINUTES)
+    sweep = sorted({*MOTION_GUIDANCE_SWEEP, motion_guidance})
+    sets = video_demo_overrides(out, budget) + [f"video.init_from={init_from}", f"train.device={device}"]
     cfg = load_config(base, sets + list(overrides or []))
-    print(f"gentron demo --video: stage 2/2, T2V for {t2v_min:.1f} min from {init_from}")
-    trainer = Trainer(cfg, out / "t2v")
+    trainer = Trainer(cfg, out / "t2v")  # generates the clips on first use
+    reserve = 0.35 * len(sweep) + 0.5  # minutes for the λ_M sweep's clips and the report (2 CPU cores)
+    trainer.cfg.train.max_minutes = max(0.5, budget - (time.time() - t0) / 60 - reserve)
+    trainer.start_time = time.time()
+    print(f"gentron demo --video: T2V fine-tuning for {trainer.cfg.train.max_minutes:.1f} min from {init_from}")
     summary = trainer.fit()
 
     pipe = load_pipeline(str(out / "t2v"), device=str(trainer.device))
+    reports = {}
     with autocast_for(str(pipe.device)):
-        report = evaluate_video_shapes(pipe, split="heldout", n=eval_prompts, steps=cfg.sample.steps,
-                                       guidance=cfg.sample.guidance, motion_guidance=motion_guidance,
-                                       num_frames=cfg.video.num_frames, seed=cfg.sample.seed)
+        for lam in sweep:
+            reports[lam] = evaluate_video_shapes(pipe, split="heldout", n=eval_prompts, steps=cfg.sample.steps,
+                                                 guidance=cfg.sample.guidance, motion_guidance=lam,
+                                                 num_frames=cfg.video.num_frames, seed=cfg.sample.seed)
+    report = reports[motion_guidance]
     clips = report.pop("_clips")
-    make_grid([f for c in clips[:12] for f in c], cols=cfg.video.num_frames).save(out / "samples.png")
-    for i, clip in enumerate(clips[:4]):
-        write_video(out / f"sample-{i}.gif", [f.resize((128, 128), 0) for f in clip], fps=cfg.video.fps)
+    for r in reports.values():
+        r.pop("_clips", None)
+    make_grid([f for c in clips[:12] for f in c], cols=cfg.video.num_frames).save(out / "video-samples.png")
+    write_gif_grid(out / "video-samples.gif", clips[:12], cols=4, fps=cfg.video.fps)
     total_min = (time.time() - t0) / 60
-    result = {"accuracy": report["accuracy"], "chance": report["chance"], "minutes": total_min,
+    accuracy = {k: v for k, v in report["accuracy"].items() if k in VIDEO_ACCURACY_KEYS}
+    result = {"accuracy": accuracy, "chance": report["chance"], "minutes": total_min,
               "t2v_train_minutes": summary["minutes"], "t2v_steps": summary["steps"], "model": cfg.model.name,
-              "motion_guidance": motion_guidance, "init_from": init_from, "device": str(trainer.device)}
-    (out / "report.json").write_text(json.dumps({**result, "per_prompt": report["per_prompt"]}, indent=1))
-    table = format_video_table(report)
-    prompts = "\n".join(f"- {p['prompt']}: motion {'ok' if p['motion'] else 'wrong'}, frames {p['frame']:.2f}"
-                        for p in report["per_prompt"][:12])
-    (out / "report.md").write_text(f"""# gentron demo --video report
+              "motion_guidance": motion_guidance, "init_from": init_from, "device": str(trainer.device),
+              "motion_guidance_sweep": {str(lam): r["accuracy"] for lam, r in reports.items()}}
+    (out / "video-report.json").write_text(json.dumps({**result, "per_prompt": report["per_prompt"]}, indent=1))
+    merge_into_image_report(out / "report.json", result)
+    sweep_rows = "\n".join(
+        f"| {lam:g} | " + " | ".join(f"{r['accuracy'][k]:.3f}" for k in sorted(VIDEO_ACCURACY_KEYS)) + " |"
+        for lam, r in reports.items())
+    text = f"""## Text-to-video (`gentron demo --video`)
 
-T2V {cfg.model.name} (TempSelfAttn, init from {init_from}), {summary['steps']} steps in
-{summary['minutes']:.1f} min on {result['device']}; whole demo {total_min:.1f} min. {eval_prompts} held-out
-moving-shapes prompts, {cfg.video.num_frames} frames, guidance λ_T = {cfg.sample.guidance}, motion guidance
-λ_M = {motion_guidance}.
+T2V {cfg.model.name} (TempSelfAttn in every block, init from {init_from}), joint image-video training with
+the motion-free mask (p = {cfg.video.p_motion_free}), {summary['steps']} steps in {summary['minutes']:.1f} min on
+{result['device']}; this stage {total_min:.1f} min. {eval_prompts} held-out moving-shapes prompts,
+{cfg.video.num_frames} frames, λ_T = {cfg.sample.guidance}, λ_M = {motion_guidance}:
 
-{table}
+{format_video_table(report)}
 
-![samples](samples.png) (one row per clip; sample-0..3.gif)
+Motion-free guidance sweep (GenTron Eq. 6; λ_M = 1 is plain CFG with motion on):
 
-{prompts}
-""")
-    print(table)
-    print(f"demo --video finished in {total_min:.1f} min: {out / 'report.md'}")
+| λ_M | {' | '.join(sorted(VIDEO_ACCURACY_KEYS))} |
+|---|{'---|' * len(VIDEO_ACCURACY_KEYS)}
+{sweep_rows}
+
+![clips](video-samples.png) (one row per clip; animated: video-samples.gif)
+"""
+    report_md = out / "report.md"
+    previous = report_md.read_text().split("## Text-to-video")[0] if report_md.is_file() else "# gentron demo report\n\n"
+    report_md.write_text(previous.rstrip() + "\n\n" + text)
+    print(format_video_table(report))
+    print(f"demo --video finished in {total_min:.1f} min: {report_md}")
     return result
+
+
+def merge_into_image_report(path: Path, video: dict) -> None:
+    """``report.json`` of the image demo gains the video accuracies (and a ``video`` section)."""
+    data = json.loads(path.read_text()) if path.is_file() else {"accuracy": {}, "chance": {}}
+    data.setdefault("accuracy", {}).update(video["accuracy"])
+    data.setdefault("chance", {})["motion_direction"] = video["chance"]["motion_direction"]
+    data["video"] = {k: v for k, v in video.items() if k not in ("accuracy", "chance")}
+    path.write_text(json.dumps(data, indent=1))
+
+
+def write_gif_grid(path: Path, clips: list, cols: int = 4, fps: float = 4.0, scale: int = 3) -> Path:
+    """One animated GIF whose frame t shows frame t of every clip, in a grid."""
+    from gentron.data.video import write_video
+    from gentron.pipelines import make_grid
+
+    frames = [make_grid([clip[t] for clip in clips], cols=min(cols, len(clips)), scale=scale)
+              for t in range(len(clips[0]))]
+    return write_video(path, frames, fps=fps)

@@ -372,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     s.add_argument("--video", action="store_true",
-                   help="T2V demo: short T2I run (or --init-from), then T2V on moving shapes; video eval table")
-    s.add_argument("--init-from", metavar="T2I_RUN_DIR", help="--video: start from this T2I run instead of training one")
+                   help="T2V demo: continue the image demo in --out (run first if missing) as a T2V model on moving "
+                        "shapes; --minutes is then this stage's budget (default 15)")
+    s.add_argument("--init-from", metavar="T2I_RUN_DIR", help="--video: start from this T2I run instead of OUT/run")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -2,14 +2,15 @@
 
 Per clip (T frames), with the detector of :mod:`gentron.eval.detector` run on every frame:
 
-* **motion** — each prompt object is tracked by the centroid of the largest detection of its colour; the
-  displacement from its first to its last detected frame must point the captioned way (dominant axis,
-  at least :data:`MIN_TRAVEL` of the image side). A clip is correct when every object moves right.
-* **consistency** — temporal consistency: every prompt object is found in every frame and its shape
-  call never changes (the colour is the tracking key), and the number of detected objects is constant.
-* **frame** — per-frame image accuracy: the fraction of frames in which every prompt object is found with
-  its colour *and* shape (the image detector's criterion).
-* **overall** — motion, consistency and every frame correct.
+* **motion_direction** — each prompt object is tracked by the centroid of the largest detection of its
+  colour; the displacement from its first to its last detected frame must point the captioned way (dominant
+  axis, at least :data:`MIN_TRAVEL` of the image side). A clip is correct when every object moves right.
+* **temporal_consistency** — every prompt object is found in every frame and its shape call never changes
+  (the colour is the tracking key), and the number of detected objects is constant.
+* **frame_color** — per-frame colour accuracy: the fraction of frames in which every prompt colour is found.
+* **frame_shape** — per-frame image accuracy: the fraction of frames in which every prompt object is found
+  with its colour *and* shape (the image detector's criterion).
+* **overall** — motion direction, consistency and every frame correct.
 
 Validated on ground-truth clips (rendered and sampled exactly as the data loader does): all ≥ 0.99.
 """
@@ -28,7 +29,7 @@ from gentron.data.shapes import MOTIONS, VIDEO_SOURCE_FPS, ShapesVideoWorld, Vid
 from gentron.eval.detector import detect
 
 MIN_TRAVEL = 0.08  # fraction of the image side a tracked object must move for a direction call
-VIDEO_METRICS: tuple[str, ...] = ("motion", "consistency", "frame", "overall")
+VIDEO_METRICS: tuple[str, ...] = ("motion_direction", "temporal_consistency", "frame_color", "frame_shape", "overall")
 
 
 @dataclass
@@ -64,11 +65,13 @@ def direction_of(dx: float, dy: float) -> Optional[str]:
 def score_clip(prompt: VideoPrompt, frames: Sequence[Image.Image]) -> dict[str, Any]:
     dets = [detect(f) for f in frames]
     t = len(frames)
-    motion_ok, consistent, frame_hits = True, True, np.ones(t, dtype=bool)
+    motion_ok, consistent = True, True
+    color_hits, frame_hits = np.ones(t, dtype=bool), np.ones(t, dtype=bool)
     moves = []
     for color, shape, motion in prompt.objects:
         track = [max((d for d in fd if d.color == color), key=lambda d: d.area, default=None) for fd in dets]
         found = [k for k, d in enumerate(track) if d is not None]
+        color_hits &= np.array([d is not None for d in track])
         frame_hits &= np.array([d is not None and d.shape == shape for d in track])
         if len(found) < 2:
             motion_ok, consistent = False, False
@@ -83,9 +86,10 @@ def score_clip(prompt: VideoPrompt, frames: Sequence[Image.Image]) -> dict[str, 
     consistent &= len({len(fd) for fd in dets}) == 1
     frame_acc = float(frame_hits.mean())
     return {
-        "motion": bool(motion_ok),
-        "consistency": bool(consistent),
-        "frame": frame_acc,
+        "motion_direction": bool(motion_ok),
+        "temporal_consistency": bool(consistent),
+        "frame_color": float(color_hits.mean()),
+        "frame_shape": frame_acc,
         "overall": bool(motion_ok and consistent and frame_acc == 1.0),
         "moves": moves,
         "detected": [[d.describe() for d in fd] for fd in dets],
@@ -157,7 +161,7 @@ def evaluate_video_shapes(pipe, split: str = "heldout", n: int = 32, steps: int 
         clips.extend(out.images)
     report = summarize(prompts, clips)
     report.update(split=split, steps=steps, guidance=guidance, motion_guidance=motion_guidance,
-                  num_frames=num_frames, seed=seed, chance={"motion": chance_motion()},
+                  num_frames=num_frames, seed=seed, chance={"motion_direction": chance_motion()},
                   sampler=type(pipe.scheduler).__name__)
     report["_clips"] = clips
     return report
@@ -165,10 +169,11 @@ def evaluate_video_shapes(pipe, split: str = "heldout", n: int = 32, steps: int 
 
 def format_video_table(report: dict[str, Any]) -> str:
     lines = ["| metric | value |", "|---|---|"]
-    names = {"motion": "motion direction accuracy", "consistency": "temporal consistency",
-             "frame": "per-frame image accuracy", "overall": "all of the above"}
+    names = {"motion_direction": "motion direction accuracy", "temporal_consistency": "temporal consistency",
+             "frame_color": "per-frame colour accuracy", "frame_shape": "per-frame image accuracy (colour and shape)",
+             "overall": "all of the above"}
     for k in VIDEO_METRICS:
         lines.append(f"| {names[k]} | {report['accuracy'][k]:.3f} |")
     if "chance" in report:
-        lines.append(f"| (chance, motion) | {report['chance']['motion']:.3f} |")
+        lines.append(f"| (chance, motion direction) | {report['chance']['motion_direction']:.3f} |")
     return "\n".join(lines)
