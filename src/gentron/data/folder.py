@@ -118,6 +118,13 @@ class CaptionedImages(Dataset):
         """(height, width) of item ``index`` without decoding the pixels."""
         raise NotImplementedError
 
+    def _require_items(self, where: str, expected: str) -> None:
+        """An index with nothing usable is an error saying what was expected (and what was skipped)."""
+        if len(self) == 0:
+            found = {k: v for k, v in self.skipped.items() if v}
+            raise ValueError(f"no images with captions found in {where}: expected {expected}"
+                             + (f"; skipped {found}" if found else ""))
+
     def _load(self, index: int) -> Image.Image:
         image = self.raw_image(index)
         rng = None if self.center_crop else random.Random(index)
@@ -181,13 +188,9 @@ class ImageCaptionFolder(CaptionedImages):
         else:
             self.source = "sidecar"
             self.entries = read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
-        if not self.entries:
-            found = {k: v for k, v in self.skipped.items() if v}
-            raise ValueError(
-                f"no images with captions found in {self.root}: expected captions.jsonl (lines like "
-                f'{{"file": "images/0.png", "caption": "..."}}), captions.csv (file,caption columns) or IMG.txt '
-                f"caption files beside images ({', '.join(IMAGE_EXTENSIONS)})" + (f"; skipped {found}" if found else "")
-            )
+        self._require_items(str(self.root), "captions.jsonl (lines like "
+                            '{"file": "images/0.png", "caption": "..."}), captions.csv (file,caption columns) or '
+                            f"IMG.txt caption files beside images ({', '.join(IMAGE_EXTENSIONS)})")
 
     # -- access -----------------------------------------------------------------------------------
 

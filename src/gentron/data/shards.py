@@ -373,13 +373,9 @@ class TarShardDataset(CaptionedImages):
         self._starts = starts
         self._handles: "OrderedDict[int, BinaryIO]" = OrderedDict()
         self._pid = os.getpid()
-        if not captions:
-            found = {k: v for k, v in self.skipped.items() if v}
-            raise ValueError(
-                f"no images with captions found in {len(self.shards)} tar shard(s) from {shards!r}: expected "
-                f"webdataset samples like KEY.jpg + KEY.txt (or KEY.json with a \"caption\" field), image "
-                f"extensions {', '.join(IMAGE_EXTS)}" + (f"; skipped {found}" if found else "")
-            )
+        self._require_items(f"{len(self.shards)} tar shard(s) from {shards!r}",
+                            'webdataset samples like KEY.jpg + KEY.txt (or KEY.json with a "caption" field), image '
+                            f"extensions {', '.join(IMAGE_EXTS)}")
 
     # -- access -----------------------------------------------------------------------------------
 
