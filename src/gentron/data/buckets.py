@@ -101,8 +101,8 @@ class BucketedImages(torch.utils.data.Dataset):
     training) and carry the micro-conditions ``original_size`` (h, w) and the bucket's ``aspect_ratio``.
 
     The wrapped dataset provides ``image_size(i) -> (h, w)`` (a header read, no decode) and
-    ``raw_image(i) -> PIL.Image`` (full decode, raising OSError on corrupt files) and ``caption(i)`` — `ImageCaptionFolder` and
-    `TarShardDataset` do. Sizes are read once at construction; an unreadable header puts the item in no
+    ``raw_image(i) -> PIL.Image`` (full decode, raising OSError on corrupt files) and ``caption(i)``:
+    `ImageCaptionFolder` and `TarShardDataset` do. Sizes are read once at construction; an unreadable header puts the item in no
     bucket (counted as ``corrupt_image``). A corrupt file found later is replaced by the next readable item
     of the *same bucket*, so a batch always stacks."""
 
@@ -123,8 +123,10 @@ class BucketedImages(torch.utils.data.Dataset):
             self.original_sizes.append((h, w))
             self.bucket_of_item.append(b)
         self._members: dict[int, list[int]] = {}
+        self._position: list[int] = []  # index of item i within its bucket's member list
         for i, b in enumerate(self.bucket_of_item):
-            self._members.setdefault(b, []).append(i)
+            self._position.append(len(self._members.setdefault(b, [])))
+            self._members[b].append(i)
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -139,7 +141,7 @@ class BucketedImages(torch.utils.data.Dataset):
 
         b = self.bucket_of_item[index]
         members = self._members[b]
-        start = members.index(index)
+        start = self._position[index]
         for k in range(len(members)):
             i = members[(start + k) % len(members)]
             if i in self._bad or b < 0:
