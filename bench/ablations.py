@@ -11,14 +11,20 @@ Interleaved rounds, median.  python bench/ablations.py [--rounds 5] [--threads N
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import types
 
 import torch
 import torch.nn.functional as F
 
-from gentron.bench import build_gentron, demo_bench_config, gentron_forward, make_inputs, make_train_step
+from gentron.bench import (
+    build_gentron,
+    cpu_bench_setup,
+    demo_bench_config,
+    gentron_forward,
+    interleaved,
+    make_inputs,
+    make_train_step,
+)
 from gentron.models.transformer import Attention
 
 
@@ -62,27 +68,13 @@ def patch(model, fn):
     return model
 
 
-def median_time(fns, rounds, iters=1):
-    t = {k: [] for k in fns}
-    for r in range(rounds):
-        for k in (list(fns) if r % 2 == 0 else list(reversed(list(fns)))):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                fns[k]()
-            t[k].append((time.perf_counter() - t0) / iters)
-    return {k: statistics.median(v) for k, v in t.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int)
     args = ap.parse_args()
     cfg = demo_bench_config()
-    if args.threads or cfg.threads:
-        torch.set_num_threads(args.threads or cfg.threads)
-    torch.set_flush_denormal(True)
-    dev = torch.device("cpu")
+    dev = cpu_bench_setup(cfg, args.threads)
     mode = "cross-attn"
     # training step
     inp = make_inputs(cfg, mode, cfg.batch, dev)
@@ -94,7 +86,7 @@ def main() -> None:
     steps = {k: make_train_step(m, gentron_forward, inp, dev, "fp32") for k, m in variants.items()}
     for f in steps.values():
         f()
-    res = median_time(steps, args.rounds, 2)
+    res = interleaved(steps, 2, args.rounds, dev)
     base = res["gentron (fused + SDPA)"]
     print(f"train step, {cfg.model} {mode}, batch {cfg.batch}, fp32, {torch.get_num_threads()} threads")
     for k, v in res.items():
@@ -129,7 +121,7 @@ def main() -> None:
            "CFG as two forwards": cached_two_calls}
     for f in fns.values():
         f()
-    res = median_time(fns, args.rounds)
+    res = interleaved(fns, 1, args.rounds, dev)
     base = res["cached text K/V + batched CFG"]
     print(f"sampling, {cfg.sample_steps} denoiser calls with CFG (batch 2), model time per image")
     for k, v in res.items():

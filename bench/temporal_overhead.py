@@ -12,12 +12,18 @@ images). Interleaved A/B rounds, median; reports sampling-style forward (no grad
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from gentron.bench import autocast, build_gentron, demo_bench_config, make_inputs
+from gentron.bench import (
+    autocast,
+    build_gentron,
+    cpu_bench_setup,
+    demo_bench_config,
+    interleaved,
+    make_inputs,
+    make_train_step,
+)
 
 
 def main() -> None:
@@ -32,10 +38,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, nargs="+", default=[1], help="temporal_every values to measure")
     args = ap.parse_args()
     cfg = demo_bench_config()
-    if args.threads or cfg.threads:
-        torch.set_num_threads(args.threads or cfg.threads)
-    torch.set_flush_denormal(True)
-    dev = torch.device("cpu")
+    dev = cpu_bench_setup(cfg, args.threads)
     models = {"image": build_gentron(cfg, "cross-attn")}
     for k in args.every:
         models[f"every block" if k == 1 else f"every {k}{ {2: 'nd', 3: 'rd'}.get(k, 'th')} block"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_every=k)
@@ -61,16 +64,7 @@ def main() -> None:
         return f
 
     def train_fn(model, kw):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        model.train()
-
-        def f():
-            with autocast(dev, args.precision):
-                out = model(**kw).sample
-            out.float().pow(2).mean().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return f
+        return make_train_step(model, lambda m, inputs: m(**inputs).sample, kw, dev, args.precision)
 
     print(f"GenTron {cfg.model} cross-attn, {args.frames} frames at {cfg.resolution}², {args.precision}, "
           f"{torch.get_num_threads()} threads")
@@ -79,14 +73,7 @@ def main() -> None:
         fns = {k: make(m, kw) for k, m in models.items()}
         for f in fns.values():
             f(); f()
-        times = {k: [] for k in fns}
-        for r in range(args.rounds):
-            for k in (fns if r % 2 == 0 else reversed(list(fns))):
-                t0 = time.perf_counter()
-                for _ in range(args.iters):
-                    fns[k]()
-                times[k].append((time.perf_counter() - t0) / args.iters)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved(fns, args.iters, args.rounds, dev)
         frames = n * args.frames
         print(f"{what:<15} ({n} videos × {args.frames} frames): per frame {1e3 * med['image'] / frames:.2f} ms without "
               "temporal attention; with TempSelfAttn in " + ", ".join(

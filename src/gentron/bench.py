@@ -340,6 +340,14 @@ def make_peer_sampler(model: nn.Module, cfg: BenchConfig, mode: str, device: tor
 # ----------------------------------------------------------------------------------------------
 
 
+def cpu_bench_setup(cfg: BenchConfig, threads: Optional[int] = None) -> torch.device:
+    """Threads (``threads`` or the config's), flush-to-zero for denormals; the CPU device the scripts time on."""
+    if threads or cfg.threads:
+        torch.set_num_threads(threads or cfg.threads)
+    torch.set_flush_denormal(True)
+    return torch.device("cpu")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

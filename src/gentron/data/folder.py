@@ -15,6 +15,7 @@ replaced by the next readable item. Every skip is counted in :attr:`ImageCaption
 
 from __future__ import annotations
 
+import abc
 import io
 import json
 import random
@@ -90,7 +91,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-class CaptionedImages(Dataset):
+class CaptionedImages(Dataset, abc.ABC):
     """What every image-caption data set shares: items ``{"pixel_values", "caption", "index"}`` as a square
     crop at ``resolution``, and unreadable images skipped, counted and replaced by the next readable item.
 
@@ -108,15 +109,21 @@ class CaptionedImages(Dataset):
     skipped: dict[str, int]
     _bad: set[int]
 
+    @abc.abstractmethod
     def raw_image(self, index: int) -> Image.Image:
-        raise NotImplementedError
+        """Item ``index`` fully decoded as RGB."""
 
+    @abc.abstractmethod
     def caption(self, index: int) -> str:
-        raise NotImplementedError
+        """Item ``index``'s caption."""
 
+    @abc.abstractmethod
     def image_size(self, index: int) -> tuple[int, int]:
         """(height, width) of item ``index`` without decoding the pixels."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of indexed items."""
 
     def _require_items(self, where: str, expected: str) -> None:
         """An index with nothing usable is an error saying what was expected (and what was skipped)."""
