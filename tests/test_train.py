@@ -48,6 +48,15 @@ def test_config_rejects_unknown_and_bad_values(tmp_path):
     assert cfg.train.steps == 7 and cfg.train.lr == 3e-4 and cfg.model.name == "GenTron-T/4"
 
 
+def test_diffusion_section_reaches_the_training_objective():
+    from gentron.train.trainer import diffusion_config
+
+    d = diffusion_config(load_config(None, ["diffusion.timestep_sampling=logit_normal", "diffusion.logit_mean=0.5"]))
+    assert (d.timestep_sampling, d.logit_mean, d.logit_std) == ("logit_normal", 0.5, 1.0)
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        diffusion_config(load_config(None, ["diffusion.timestep_sampling=lognormal"]))
+
+
 def test_stable_config_keys_exist():
     cfg = load_config(REPO / "configs" / "shapes-tiny.yaml")
     for key in ("steps", "batch_size", "checkpoint_every", "seed"):
@@ -93,6 +102,9 @@ def test_train_writes_metrics_checkpoints_and_pipeline(shapes_data, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all("loss" in r for r in records)
+    # throughput rides on the last record of each log interval (log_every in make_trainer's config)
+    timed = [r["step"] for r in records if "img_per_s" in r]
+    assert timed and timed[-1] == 6 and all(records[s - 1]["img_per_s"] > 0 for s in timed)
     assert [d.name for d in ckpt.list_checkpoints(run)] == ["step_0000006"]  # keep-last-1
     assert (run / "pipeline" / "model_index.json").is_file()
     assert (run / "samples" / "step_0000006.png").is_file()

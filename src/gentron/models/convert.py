@@ -753,41 +753,54 @@ def _check_pixart_exportable(model: GenTronTransformer) -> None:
         )
 
 
+def _pixart_key_table(depth: int) -> list[tuple[str, tuple[str, ...], bool]]:
+    """The official PixArt-α ↔ diffusers ``PixArtTransformer2DModel`` key correspondence, written once:
+    ``(official key, diffusers keys, optional)``. Several diffusers keys mean the official tensor is their
+    concatenation along dim 0 (fused qkv / kv). Optional entries are the micro-condition embedders, which
+    only the 1024 px checkpoints have. ``pos_embed`` is handled by the callers (diffusers may recompute it)."""
+    table: list[tuple[str, tuple[str, ...], bool]] = []
+    for p in ("weight", "bias"):
+        table += [
+            (f"x_embedder.proj.{p}", (f"pos_embed.proj.{p}",), False),
+            (f"y_embedder.y_proj.fc1.{p}", (f"caption_projection.linear_1.{p}",), False),
+            (f"y_embedder.y_proj.fc2.{p}", (f"caption_projection.linear_2.{p}",), False),
+            (f"t_embedder.mlp.0.{p}", (f"adaln_single.emb.timestep_embedder.linear_1.{p}",), False),
+            (f"t_embedder.mlp.2.{p}", (f"adaln_single.emb.timestep_embedder.linear_2.{p}",), False),
+            (f"t_block.1.{p}", (f"adaln_single.linear.{p}",), False),
+            (f"final_layer.linear.{p}", (f"proj_out.{p}",), False),
+        ]
+        for theirs, official in (("resolution", "csize"), ("aspect_ratio", "ar")):
+            for lin, idx in (("linear_1", 0), ("linear_2", 2)):
+                table.append((f"{official}_embedder.mlp.{idx}.{p}", (f"adaln_single.emb.{theirs}_embedder.{lin}.{p}",), True))
+    table.append(("final_layer.scale_shift_table", ("scale_shift_table",), False))
+    for i in range(depth):
+        off, dif = f"blocks.{i}.", f"transformer_blocks.{i}."
+        table.append((off + "scale_shift_table", (dif + "scale_shift_table",), False))
+        for p in ("weight", "bias"):
+            table += [
+                (f"{off}attn.qkv.{p}", tuple(f"{dif}attn1.to_{n}.{p}" for n in "qkv"), False),
+                (f"{off}attn.proj.{p}", (f"{dif}attn1.to_out.0.{p}",), False),
+                (f"{off}cross_attn.q_linear.{p}", (f"{dif}attn2.to_q.{p}",), False),
+                (f"{off}cross_attn.kv_linear.{p}", tuple(f"{dif}attn2.to_{n}.{p}" for n in "kv"), False),
+                (f"{off}cross_attn.proj.{p}", (f"{dif}attn2.to_out.0.{p}",), False),
+                (f"{off}mlp.fc1.{p}", (f"{dif}ff.net.0.proj.{p}",), False),
+                (f"{off}mlp.fc2.{p}", (f"{dif}ff.net.2.{p}",), False),
+            ]
+    return table
+
+
 def diffusers_pixart_to_official(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """diffusers ``PixArtTransformer2DModel`` state dict → official PixArt-α layout."""
     _check_known_keys(sd, "diffusers-pixart")
     take = _Taker(sd, "diffusers-pixart")
-    depth = _num_blocks(sd, "transformer_blocks.")
     out: StateDict = {}
     pos = take.maybe("pos_embed.pos_embed")
     if pos is not None:
         out["pos_embed"] = pos
-    for p in ("weight", "bias"):
-        out[f"x_embedder.proj.{p}"] = take(f"pos_embed.proj.{p}")
-        out[f"y_embedder.y_proj.fc1.{p}"] = take(f"caption_projection.linear_1.{p}")
-        out[f"y_embedder.y_proj.fc2.{p}"] = take(f"caption_projection.linear_2.{p}")
-        out[f"t_embedder.mlp.0.{p}"] = take(f"adaln_single.emb.timestep_embedder.linear_1.{p}")
-        out[f"t_embedder.mlp.2.{p}"] = take(f"adaln_single.emb.timestep_embedder.linear_2.{p}")
-        for theirs, official in (("resolution", "csize"), ("aspect_ratio", "ar")):
-            for lin, idx in (("linear_1", 0), ("linear_2", 2)):
-                key = f"adaln_single.emb.{theirs}_embedder.{lin}.{p}"
-                if take.has(key):
-                    out[f"{official}_embedder.mlp.{idx}.{p}"] = take(key)
-        out[f"t_block.1.{p}"] = take(f"adaln_single.linear.{p}")
-    for i in range(depth):
-        src, dst = f"transformer_blocks.{i}.", f"blocks.{i}."
-        out[dst + "scale_shift_table"] = take(src + "scale_shift_table")
-        for p in ("weight", "bias"):
-            out[f"{dst}attn.qkv.{p}"] = torch.cat([take(f"{src}attn1.to_{n}.{p}") for n in "qkv"], 0)
-            out[f"{dst}attn.proj.{p}"] = take(f"{src}attn1.to_out.0.{p}")
-            out[f"{dst}cross_attn.q_linear.{p}"] = take(f"{src}attn2.to_q.{p}")
-            out[f"{dst}cross_attn.kv_linear.{p}"] = torch.cat([take(f"{src}attn2.to_{n}.{p}") for n in "kv"], 0)
-            out[f"{dst}cross_attn.proj.{p}"] = take(f"{src}attn2.to_out.0.{p}")
-            out[f"{dst}mlp.fc1.{p}"] = take(f"{src}ff.net.0.proj.{p}")
-            out[f"{dst}mlp.fc2.{p}"] = take(f"{src}ff.net.2.{p}")
-    out["final_layer.scale_shift_table"] = take("scale_shift_table")
-    for p in ("weight", "bias"):
-        out[f"final_layer.linear.{p}"] = take(f"proj_out.{p}")
+    for official, theirs, optional in _pixart_key_table(_num_blocks(sd, "transformer_blocks.")):
+        if optional and not take.has(theirs[0]):
+            continue
+        out[official] = torch.cat([take(k) for k in theirs], 0) if len(theirs) > 1 else take(theirs[0])
     take.finish()
     return out
 
@@ -802,36 +815,12 @@ def official_pixart_to_diffusers(sd: Mapping[str, torch.Tensor]) -> StateDict:
     take = _Taker(sd, "pixart")
     take.maybe("pos_embed")
     take.maybe("y_embedder.y_embedding")
-    depth = _num_blocks(sd, "blocks.")
     out: StateDict = {}
-    for p in ("weight", "bias"):
-        out[f"pos_embed.proj.{p}"] = take(f"x_embedder.proj.{p}")
-        out[f"caption_projection.linear_1.{p}"] = take(f"y_embedder.y_proj.fc1.{p}")
-        out[f"caption_projection.linear_2.{p}"] = take(f"y_embedder.y_proj.fc2.{p}")
-        out[f"adaln_single.emb.timestep_embedder.linear_1.{p}"] = take(f"t_embedder.mlp.0.{p}")
-        out[f"adaln_single.emb.timestep_embedder.linear_2.{p}"] = take(f"t_embedder.mlp.2.{p}")
-        for theirs, official in (("resolution", "csize"), ("aspect_ratio", "ar")):
-            for lin, idx in (("linear_1", 0), ("linear_2", 2)):
-                key = f"{official}_embedder.mlp.{idx}.{p}"
-                if take.has(key):
-                    out[f"adaln_single.emb.{theirs}_embedder.{lin}.{p}"] = take(key)
-        out[f"adaln_single.linear.{p}"] = take(f"t_block.1.{p}")
-    for i in range(depth):
-        src, dst = f"blocks.{i}.", f"transformer_blocks.{i}."
-        out[dst + "scale_shift_table"] = take(src + "scale_shift_table")
-        for p in ("weight", "bias"):
-            for n, t in zip("qkv", take(f"{src}attn.qkv.{p}").chunk(3, 0)):
-                out[f"{dst}attn1.to_{n}.{p}"] = t
-            out[f"{dst}attn1.to_out.0.{p}"] = take(f"{src}attn.proj.{p}")
-            out[f"{dst}attn2.to_q.{p}"] = take(f"{src}cross_attn.q_linear.{p}")
-            for n, t in zip("kv", take(f"{src}cross_attn.kv_linear.{p}").chunk(2, 0)):
-                out[f"{dst}attn2.to_{n}.{p}"] = t
-            out[f"{dst}attn2.to_out.0.{p}"] = take(f"{src}cross_attn.proj.{p}")
-            out[f"{dst}ff.net.0.proj.{p}"] = take(f"{src}mlp.fc1.{p}")
-            out[f"{dst}ff.net.2.{p}"] = take(f"{src}mlp.fc2.{p}")
-    out["scale_shift_table"] = take("final_layer.scale_shift_table")
-    for p in ("weight", "bias"):
-        out[f"proj_out.{p}"] = take(f"final_layer.linear.{p}")
+    for official, theirs, optional in _pixart_key_table(_num_blocks(sd, "blocks.")):
+        if optional and not take.has(official):
+            continue
+        for k, t in zip(theirs, take(official).chunk(len(theirs), 0)):
+            out[k] = t
     take.finish()
     return {k: v.contiguous() for k, v in out.items()}
 

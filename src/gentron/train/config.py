@@ -55,6 +55,9 @@ class DiffusionSection:
     learn_sigma: bool = True  # IDDPM/DiT hybrid loss
     loss_weighting: str = "none"  # none | min_snr
     snr_gamma: float = 5.0
+    timestep_sampling: str = "uniform"  # uniform (DiT) | logit_normal (SD3: t/T = sigmoid(N(logit_mean, logit_std)))
+    logit_mean: float = 0.0  # > 0 spends more steps at high noise, where layout is decided
+    logit_std: float = 1.0
 
 
 @dataclass

@@ -83,6 +83,9 @@ def diffusion_config(cfg: RunConfig) -> DiffusionConfig:
         learn_sigma=d.learn_sigma,
         loss_weighting=d.loss_weighting,
         snr_gamma=d.snr_gamma,
+        timestep_sampling=d.timestep_sampling,
+        logit_mean=d.logit_mean,
+        logit_std=d.logit_std,
     )
 
 
@@ -726,11 +729,20 @@ class Trainer:
         flops_per_image = training_flops_per_image(self.model)
         peak_flops = peak_flops_per_device(self.device, cfg.train.peak_tflops)
         mfu_values: list[float] = []
-        pbar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", disable=not self.show_progress,
-                    dynamic_ncols=True)
         t_last, step_last = time.time(), self.step
+        t_bar0 = t_last
         pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         deadline = self.start_time + cfg.train.max_minutes * 60 if cfg.train.max_minutes > 0 else None
+        # A run bounded by time whose step cap is out of reach (the demo: 100000 steps, 15 min) shows its time
+        # budget; the step count goes in the postfix.
+        by_time = deadline is not None and cfg.train.steps - self.step > 10 * cfg.train.max_minutes * 60
+        if by_time:
+            pbar = tqdm(total=max(round(deadline - t_last), 1), desc=f"train ({cfg.train.max_minutes:g} min budget)",
+                        unit="s", disable=not self.show_progress, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+        else:
+            pbar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+                        disable=not self.show_progress, dynamic_ncols=True)
         stopped_early = None
         loss_ema = None
         try:
@@ -738,7 +750,7 @@ class Trainer:
                 while self.step < cfg.train.steps:
                     out = self.train_step()
                     pending.append((self.step, out["loss"], out["grad_norm"], out["lr"]))
-                    pbar.update(1)
+                    pbar.update(min(round(time.time() - t_bar0), pbar.total) - pbar.n if by_time else 1)
                     self.nonfinite_in_a_row = 0 if out["finite"] else self.nonfinite_in_a_row + 1
                     limit = cfg.train.max_nonfinite_in_a_row
                     if limit > 0 and self.nonfinite_in_a_row >= limit:
@@ -762,14 +774,18 @@ class Trainer:
                         now = time.time()
                         ips = (self.step - step_last) * self.global_batch / max(now - t_last, 1e-9)
                         t_last, step_last = now, self.step
-                        for s, l, gn, lr in pending:  # one host sync per log interval
-                            rec = {"step": s, "loss": float(l), "grad_norm": float(gn), "lr": lr}
-                            metrics.write(json.dumps(rec) + "\n")
-                        rec.update(img_per_s=ips, nonfinite_skips=self.nonfinite_skips, elapsed_s=now - self.start_time)
+                        # the interval's throughput goes on its last record
+                        extra = {"img_per_s": ips, "nonfinite_skips": self.nonfinite_skips,
+                                 "elapsed_s": now - self.start_time}
                         if peak_flops:
-                            rec["mfu"] = ips * flops_per_image / (peak_flops * self.ctx.world)
-                            mfu_values.append(rec["mfu"])
-                        rec["peak_mem_gib"] = peak_memory_gib(self.device)
+                            extra["mfu"] = ips * flops_per_image / (peak_flops * self.ctx.world)
+                            mfu_values.append(extra["mfu"])
+                        extra["peak_mem_gib"] = peak_memory_gib(self.device)
+                        for k, (s, l, gn, lr) in enumerate(pending):  # one host sync per log interval
+                            rec = {"step": s, "loss": float(l), "grad_norm": float(gn), "lr": lr}
+                            if k == len(pending) - 1:
+                                rec.update(extra)
+                            metrics.write(json.dumps(rec) + "\n")
                         metrics.flush()
                         if writer is not None:
                             for k, v in rec.items():
@@ -778,7 +794,7 @@ class Trainer:
                         loss_ema = rec["loss"] if loss_ema is None else 0.9 * loss_ema + 0.1 * rec["loss"]
                         if loss_ema is not None and rec["loss"] > 5 * loss_ema and self.step > 10 * cfg.train.log_every:
                             self.log(f"warning: loss spike at step {s}: {rec['loss']:.4f} vs running {loss_ema:.4f}")
-                        pbar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.0f}")
+                        pbar.set_postfix(step=self.step, loss=f"{rec['loss']:.4f}", img_s=f"{ips:.0f}")
                         pending.clear()
                     if (cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0 and not last
                             and self.nonfinite_in_a_row == 0):
