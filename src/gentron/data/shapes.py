@@ -26,7 +26,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -544,22 +544,35 @@ def write_shapes_dataset(out_dir: Union[str, Path], num: int, resolution: int = 
     means the data set is complete."""
     if video:
         return write_shapes_video_dataset(out_dir, num, resolution=resolution, seed=seed, split=split)
-    if num < 1:
-        raise ValueError(f"num must be at least 1, got {num}")
     world = ShapesWorld(resolution=resolution, seed=seed, kinds_weights=kinds_weights)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    width = max(6, len(str(num - 1)))
     meta = {"generator": "gentron-shapes", "version": 1, "resolution": resolution, "seed": seed, "num": num,
             "split": split, "kinds_weights": world.kinds_weights}
+
+    def write_image(i: int, path: Path) -> tuple[str, dict]:
+        image, caption, scene = world.sample(i, split)
+        image.save(path, compress_level=1)  # flat images compress well anyway; 4x faster
+        return caption, scene_to_dict(scene)
+
+    return _write_captioned_folder(out_dir, num, meta, "images", "png", write_image)
+
+
+def _write_captioned_folder(out_dir: Union[str, Path], num: int, meta: dict, subdir: str, ext: str,
+                            write_item: Callable[[int, Path], tuple[str, dict]]) -> Path:
+    """What both writers share: ``meta.json``, numbered ``SUBDIR/NNNNNN.EXT`` files written by
+    ``write_item(i, path) -> (caption, scene dict)``, and ``captions.jsonl`` renamed into place last so its
+    presence means the data set is complete."""
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
+    out = Path(out_dir)
+    (out / subdir).mkdir(parents=True, exist_ok=True)
+    width = max(6, len(str(num - 1)))
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     tmp = out / "captions.jsonl.tmp"
     with open(tmp, "w") as f:
         for i in range(num):
-            image, caption, scene = world.sample(i, split)
-            rel = f"images/{i:0{width}d}.png"
-            image.save(out / rel, compress_level=1)  # flat images compress well anyway; 4x faster
-            f.write(json.dumps({"file": rel, "caption": caption, "scene": scene_to_dict(scene)}) + "\n")
+            rel = f"{subdir}/{i:0{width}d}.{ext}"
+            caption, scene = write_item(i, out / rel)
+            f.write(json.dumps({"file": rel, "caption": caption, "scene": scene}) + "\n")
     os.replace(tmp, out / "captions.jsonl")
     return out
 
@@ -725,24 +738,16 @@ def write_shapes_video_dataset(out_dir: Union[str, Path], num: int, resolution: 
     lossless H.264 (RGB), so decoded frames equal the renders exactly."""
     from gentron.data.video import write_video
 
-    if num < 1:
-        raise ValueError(f"num must be at least 1, got {num}")
     world = ShapesVideoWorld(resolution=resolution, seed=seed, num_frames=num_frames)
-    out = Path(out_dir)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    width = max(6, len(str(num - 1)))
     meta = {"generator": "gentron-shapes-video", "version": 1, "resolution": resolution, "seed": seed,
             "num": num, "split": split, "fps": fps, "num_frames": num_frames, "format": fmt}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    tmp = out / "captions.jsonl.tmp"
-    with open(tmp, "w") as f:
-        for i in range(num):
-            frames, caption, vs = world.sample(i, split)
-            rel = f"videos/{i:0{width}d}.{fmt}"
-            write_video(out / rel, frames, fps=fps)
-            f.write(json.dumps({"file": rel, "caption": caption, "scene": video_scene_to_dict(vs)}) + "\n")
-    os.replace(tmp, out / "captions.jsonl")
-    return out
+
+    def write_clip(i: int, path: Path) -> tuple[str, dict]:
+        frames, caption, vs = world.sample(i, split)
+        write_video(path, frames, fps=fps)
+        return caption, video_scene_to_dict(vs)
+
+    return _write_captioned_folder(out_dir, num, meta, "videos", fmt, write_clip)
 
 
 __all__ = [
