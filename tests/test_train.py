@@ -351,3 +351,23 @@ def test_progressive_resolution_continues_from_a_lower_resolution_run(shapes_dat
     assert set(trained) == set(own) and all(torch.equal(own[k], v) for k, v in trained.items())
     high.cfg.train.steps = 1
     assert high.fit()["steps"] == 1
+
+
+def test_training_flops_match_dit_paper_and_count_temporal_attention():
+    """MFU's numerator: DiT-XL/2 at 256 px (32² latents) is 118.6 GFLOPs in DiT Table 4 (multiply-adds),
+    i.e. 237.2 G forward FLOPs; a video clip costs T frames plus its temporal attention."""
+    from gentron.models.transformer import GenTronTransformer, zoo_config
+    from gentron.train.trainer import training_flops_per_sample
+
+    with torch.device("meta"):
+        dit = GenTronTransformer(**zoo_config("GenTron-XL/2", conditioning="class", text_dims=[], sample_size=32,
+                                              in_channels=4))
+    assert training_flops_per_sample(dit) / 3 / 2 == pytest.approx(118.6e9, rel=0.01)
+    kw = dict(conditioning="cross-attn", text_dims=[64], sample_size=16, in_channels=4)
+    with torch.device("meta"):
+        image = GenTronTransformer(**zoo_config("GenTron-T/4", **kw))
+        video = GenTronTransformer(**zoo_config("GenTron-T/4", temporal_layers=True, **kw))
+    one = training_flops_per_sample(image, [12])
+    assert training_flops_per_sample(image, [24]) > one  # longer text, more cross-attention work
+    clip = training_flops_per_sample(video, [12], num_frames=8)
+    assert 8 * one < clip < 8 * one * 1.5

@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -726,7 +726,9 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         writer = _tensorboard(self.run_dir / "tensorboard") if main else None
         handlers = _install_stop_handlers(self)
-        flops_per_image = training_flops_per_image(self.model)
+        flops_per_image = training_flops_per_sample(
+            self.model, [e.max_length for e in cfg.text.encoders],
+            num_frames=cfg.video.num_frames if self.video_plan is not None else 1)
         peak_flops = peak_flops_per_device(self.device, cfg.train.peak_tflops)
         mfu_values: list[float] = []
         t_last, step_last = time.time(), self.step
@@ -911,22 +913,37 @@ class Trainer:
         return path
 
 
-def training_flops_per_image(model: GenTronTransformer) -> float:
-    """Analytic training FLOPs per image (or clip): 3 × forward (fwd + 2× bwd), recomputation not counted.
+def training_flops_per_sample(model: GenTronTransformer, text_lengths: Sequence[int] = (), num_frames: int = 1) -> float:
+    """Training FLOPs per image (or clip of ``num_frames``): 3 × forward (fwd + 2× bwd), recomputation not counted.
 
-    Forward = 2 × (block + final-layer matmul parameters) × tokens + attention scores and mixing
-    (4 × tokens² × hidden per self-attention, 4 × tokens × text tokens × hidden per cross-attention,
-    text length taken as 77 when unknown). An estimate for MFU, not a profiler count.
+    The forward is counted by torch's ``FlopCounterMode`` on a meta-device copy (no memory, no compute), so
+    per-token, per-text-token and per-sample work (adaLN modulation, timestep MLP) and spatial vs temporal
+    attention are each counted at their real sizes. ``text_lengths``: tokens per encoder (default 77).
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     c = model.config
-    frames = max(int(getattr(c, "num_frames", 1) or 1), 1)
-    tokens = (int(c.sample_size) // int(c.patch_size)) ** 2 * frames
-    hidden, depth = int(c.hidden_size), int(c.depth)
-    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2)
-    attn = depth * 4 * tokens * tokens * hidden
-    if getattr(c, "conditioning", "") == "cross-attn":
-        attn += depth * 4 * tokens * 77 * hidden
-    return 3.0 * (2.0 * matmul_params * tokens + attn)
+    n_enc = len(c.text_dims or []) if c.conditioning != "class" else 0
+    lengths = list(text_lengths) + [77] * (n_enc - len(text_lengths))
+    pooled_dims = list(c.pooled_dims or []) if c.pooled_dims is not None else (
+        list(c.text_dims) if c.conditioning in ("adaln-zero", "cross-attn") else [])
+    with torch.device("meta"):
+        meta = GenTronTransformer.from_config(c)
+        frames = (num_frames,) if num_frames > 1 else ()
+        x = torch.zeros(1, c.in_channels, *frames, c.sample_size, c.sample_size)
+        kw: dict[str, Any] = {}
+        if c.conditioning == "class":
+            kw["class_labels"] = torch.zeros(1, dtype=torch.long)
+        else:
+            kw["encoder_hidden_states"] = tuple(torch.zeros(1, n, d) for n, d in zip(lengths, c.text_dims))
+            kw["encoder_attention_mask"] = tuple(torch.ones(1, n, dtype=torch.bool) for n in lengths)
+            if pooled_dims:
+                kw["pooled_projections"] = tuple(torch.zeros(1, d) for d in pooled_dims)
+        if getattr(c, "micro_conditions", False):
+            kw["added_cond_kwargs"] = {"resolution": torch.zeros(1, 2), "aspect_ratio": torch.zeros(1, 1)}
+        with FlopCounterMode(display=False) as counter:
+            meta(x, torch.zeros(1, dtype=torch.long), **kw)
+    return 3.0 * counter.get_total_flops()
 
 
 def peak_flops_per_device(device: torch.device, peak_tflops: float = 0.0) -> float:
