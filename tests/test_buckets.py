@@ -76,6 +76,27 @@ def test_bucketed_images_keep_aspect_and_report_micro_conditions(tmp_path):
     assert len({tuple(data[i]["pixel_values"].shape) for i in range(0, 48, 3)}) == 1
 
 
+def test_index_stated_sizes_skip_header_reads(tmp_path):
+    """captions.jsonl may state height/width (PixArt-α's data-info style): bucketing then trusts them and
+    opens no file; a malformed size falls back to the image header."""
+    import json
+
+    from gentron.data.buckets import BucketedImages
+    from gentron.data.folder import ImageCaptionFolder
+
+    root = _aspect_folder(tmp_path / "d", n=6)
+    recs = [json.loads(x) for x in (root / "captions.jsonl").read_text().splitlines()]
+    recs[0].update(height=200, width=100)  # the file is 32x64 (wide); the index says tall
+    recs[1].update(height="x", width=40)  # malformed: read the header (40x40)
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    folder = ImageCaptionFolder(root, resolution=32)
+    assert folder.image_size(0) == (200, 100) and folder.image_size(1) == (40, 40)
+    assert set(folder.stated_sizes) == {0}
+    data = BucketedImages(folder, base=32, multiple=4, show_progress=False)
+    h, w = data.buckets[data.bucket_of_item[0]]
+    assert h > w  # bucketed by the stated (tall) size
+
+
 def test_bucketed_training_with_micro_conditions_resumes_exactly(tmp_path):
     import json
 

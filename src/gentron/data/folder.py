@@ -188,13 +188,15 @@ class ImageCaptionFolder(CaptionedImages):
         jsonl, csv_index = self.root / "captions.jsonl", self.root / "captions.csv"
         if jsonl.is_file():
             self.source = "captions.jsonl"
-            self.entries: list[tuple[Path, str]] = read_captions_jsonl(jsonl, self.root, self.skipped)
+            rows = read_captions_jsonl(jsonl, self.root, self.skipped)
         elif csv_index.is_file():
             self.source = "captions.csv"
-            self.entries = read_captions_csv(csv_index, self.root, self.skipped)
+            rows = read_captions_csv(csv_index, self.root, self.skipped)
         else:
             self.source = "sidecar"
-            self.entries = read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
+            rows = read_sidecar_captions(self.root, IMAGE_EXTENSIONS, self.skipped)
+        self.entries: list[tuple[Path, str]] = [(path, caption) for path, caption, _ in rows]
+        self.stated_sizes: dict[int, tuple[int, int]] = {i: size for i, (_, _, size) in enumerate(rows) if size}
         self._require_items(str(self.root), "captions.jsonl (lines like "
                             '{"file": "images/0.png", "caption": "..."}), captions.csv (file,caption columns) or '
                             f"IMG.txt caption files beside images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -215,6 +217,8 @@ class ImageCaptionFolder(CaptionedImages):
         return self.entries[index][1]
 
     def image_size(self, index: int) -> tuple[int, int]:
+        if index in self.stated_sizes:  # "height"/"width" in the index: no file access
+            return self.stated_sizes[index]
         return image_size_of(self.entries[index][0], str(self.entries[index][0]))
 
     def __repr__(self) -> str:
@@ -226,8 +230,8 @@ class ImageCaptionFolder(CaptionedImages):
 __all__ = ["CaptionedImages", "ImageCaptionFolder", "image_size_of", "ImageLoadError", "load_image", "resize_and_crop", "to_tensor", "IMAGE_EXTENSIONS"]
 
 
-def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[tuple[Path, str]]:
-    """(file, caption) for every file under ``root`` with one of ``extensions`` and a non-empty ``FILE.txt``
+def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[Row]:
+    """(file, caption, None) for every file under ``root`` with one of ``extensions`` and a non-empty ``FILE.txt``
     beside it; files without a caption are counted in ``skipped["missing_caption"]``."""
     entries = []
     for path in sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in extensions and p.is_file()):
@@ -236,13 +240,26 @@ def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[tuple[P
         if not caption:
             skipped["missing_caption"] += 1
             continue
-        entries.append((path, caption))
+        entries.append((path, caption, None))
     return entries
 
 
-def _entry_from_record(rec: Any, root: Path, skipped: dict) -> Optional[tuple[Path, str]]:
-    """(file, caption) from one index record ({"file" or "file_name", "caption" or "text"}), or None with the
-    reason counted in ``skipped``."""
+Row = tuple[Path, str, Optional[tuple[int, int]]]  # (file, caption, (height, width) when the index states it)
+
+
+def _stated_size(rec: dict) -> Optional[tuple[int, int]]:
+    """(height, width) from optional ``height``/``width`` fields (as in PixArt-α's data-info files), so
+    aspect-ratio bucketing needs no header read per image; None when absent or not positive integers."""
+    try:
+        h, w = int(rec["height"]), int(rec["width"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
+
+
+def _entry_from_record(rec: Any, root: Path, skipped: dict) -> Optional[Row]:
+    """(file, caption, size) from one index record ({"file" or "file_name", "caption" or "text", optional
+    "height" and "width"}), or None with the reason counted in ``skipped``."""
     if not isinstance(rec, dict):
         skipped["bad_record"] += 1
         return None
@@ -258,11 +275,11 @@ def _entry_from_record(rec: Any, root: Path, skipped: dict) -> Optional[tuple[Pa
     if not image.is_file():
         skipped["missing_file"] += 1
         return None
-    return image, caption.strip()
+    return image, caption.strip(), _stated_size(rec)
 
 
-def read_captions_jsonl(path: Path, root: Path, skipped: dict) -> list[tuple[Path, str]]:
-    """(file, caption) per line of a ``captions.jsonl`` ({"file" or "file_name", "caption" or "text"});
+def read_captions_jsonl(path: Path, root: Path, skipped: dict) -> list[Row]:
+    """(file, caption, size) per line of a ``captions.jsonl`` ({"file" or "file_name", "caption" or "text"});
     bad lines, empty captions and missing files are counted in ``skipped`` instead of raising."""
     entries = []
     with open(path, encoding="utf-8") as f:
@@ -280,8 +297,8 @@ def read_captions_jsonl(path: Path, root: Path, skipped: dict) -> list[tuple[Pat
     return entries
 
 
-def read_captions_csv(path: Path, root: Path, skipped: dict) -> list[tuple[Path, str]]:
-    """(file, caption) per row of a ``captions.csv`` with a header naming ``file`` (or ``file_name``) and
+def read_captions_csv(path: Path, root: Path, skipped: dict) -> list[Row]:
+    """(file, caption, size) per row of a ``captions.csv`` with a header naming ``file`` (or ``file_name``) and
     ``caption`` (or ``text``) columns; other columns are ignored, bad rows counted as in the JSONL reader."""
     import csv
 
