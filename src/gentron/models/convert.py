@@ -421,6 +421,18 @@ def _infer_interpolation_scale(pos: torch.Tensor, grid: int, hidden: int) -> flo
 # ----------------------------------------------------------------------------------------------
 
 
+def _official_geometry(sd: Mapping[str, torch.Tensor], layout: str) -> tuple[int, int, int, int, int, int]:
+    """(hidden, in_channels, out_channels, patch, depth, mlp width) from the tensor shapes of an official
+    DiT / PixArt-α checkpoint (both share the ``x_embedder`` / ``blocks`` / ``final_layer`` names)."""
+    w = _shape(sd, "x_embedder.proj.weight", layout, 4)
+    hidden, in_ch, patch = w[0], w[1], w[-1]
+    out_rows = _shape(sd, "final_layer.linear.weight", layout, 2)[0]
+    if out_rows % (patch * patch):
+        raise ValueError(f"'final_layer.linear.weight' has {out_rows} rows, not a multiple of patch² = {patch**2}")
+    mlp = _shape(sd, "blocks.0.mlp.fc1.weight", layout, 2)[0]
+    return hidden, in_ch, out_rows // (patch * patch), patch, _num_blocks(sd, "blocks."), mlp
+
+
 def convert_dit_state_dict(
     sd: Mapping[str, torch.Tensor], num_heads: int = 16, sample_size: Optional[int] = None
 ) -> tuple[dict[str, Any], StateDict]:
@@ -434,14 +446,7 @@ def convert_dit_state_dict(
     without a buffer pass ``sample_size``.
     """
     _check_known_keys(sd, "dit")
-    w = _shape(sd, "x_embedder.proj.weight", "dit", 4)
-    hidden, in_ch, patch = w[0], w[1], w[-1]
-    depth = _num_blocks(sd, "blocks.")
-    mlp = _shape(sd, "blocks.0.mlp.fc1.weight", "dit", 2)[0]
-    out_rows = _shape(sd, "final_layer.linear.weight", "dit", 2)[0]
-    if out_rows % (patch * patch):
-        raise ValueError(f"'final_layer.linear.weight' has {out_rows} rows, not a multiple of patch² = {patch**2}")
-    out_ch = out_rows // (patch * patch)
+    hidden, in_ch, out_ch, patch, depth, mlp = _official_geometry(sd, "dit")
     rows = _shape(sd, "y_embedder.embedding_table.weight", "dit", 2)[0]
     pos = sd.get("pos_embed")
     grid = _grid_of_pos_embed(pos, hidden) if pos is not None else None
@@ -659,13 +664,7 @@ def convert_pixart_state_dict(
     (before the projection). GenTron has no such parameter, so it is returned separately.
     """
     _check_known_keys(sd, "pixart")
-    w = _shape(sd, "x_embedder.proj.weight", "pixart", 4)
-    hidden, in_ch, patch = w[0], w[1], w[-1]
-    depth = _num_blocks(sd, "blocks.")
-    mlp = _shape(sd, "blocks.0.mlp.fc1.weight", "pixart", 2)[0]
-    out_rows = _shape(sd, "final_layer.linear.weight", "pixart", 2)[0]
-    if out_rows % (patch * patch):
-        raise ValueError(f"'final_layer.linear.weight' has {out_rows} rows, not a multiple of patch² = {patch**2}")
+    hidden, in_ch, out_ch, patch, depth, mlp = _official_geometry(sd, "pixart")
     caption = _shape(sd, "y_embedder.y_proj.fc1.weight", "pixart", 2)[1]
     micro = any(k.startswith(("csize_embedder.", "ar_embedder.")) for k in sd)
     pos = sd.get("pos_embed")
@@ -679,7 +678,7 @@ def convert_pixart_state_dict(
             interpolation_scale = float(max(sample // 64, 1))
     if pos is not None:
         _check_pos_embed(pos, grid, hidden, base, interpolation_scale, "PixArt-α")
-    config = _base_config(hidden, depth, num_heads, mlp, patch, in_ch, out_rows // (patch * patch), sample)
+    config = _base_config(hidden, depth, num_heads, mlp, patch, in_ch, out_ch, sample)
     config.update(
         conditioning="adaln-single",
         text_dims=[int(caption)],
