@@ -272,6 +272,18 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     return root
 
 
+def test_pipeline_loads_in_a_fresh_interpreter(tiny_pipeline):
+    """The documented Python API, with nothing else imported first (diffusers needs the transformer's module)."""
+    import subprocess
+    import sys
+
+    code = ("from gentron.pipelines import GenTronPipeline; "
+            f"p = GenTronPipeline.from_pretrained({str(tiny_pipeline)!r}); print(type(p.transformer).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("GenTronTransformer")
+
+
 def test_t2i_compbench_layout(tiny_pipeline, tmp_path):
     data = tmp_path / "dataset"
     data.mkdir()

@@ -18,6 +18,9 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from gentron.diffusion import DiffusionConfig, cfg_combine, make_scheduler, scheduler_step, split_model_output
+# diffusers resolves the saved "transformer" component by its module name, which must already be imported
+# for a plain `GenTronPipeline.from_pretrained(dir)` in a fresh interpreter
+from gentron.models.transformer import GenTronTransformer  # noqa: F401
 from gentron.text import TextEmbedding, TextEncoder
 
 _SLOTS = ("", "_2", "_3")
