@@ -91,5 +91,7 @@ def test_training_on_a_latent_cache_resumes_exactly_and_checks_its_encoders(part
     assert (tmp_path / "full" / "pipeline" / "vae").is_dir()
     with pytest.raises(ConfigError, match="max_length=24 in the cache but 12"):
         _train(latent, tmp_path / "bad", 1, extra=["text.encoders=[{kind: minilm, max_length: 12}]"])
+    with pytest.raises(ConfigError, match="hidden_layer=-1 in the cache but 0"):
+        _train(latent, tmp_path / "bad1", 1, extra=["text.encoders=[{kind: minilm, max_length: 24, hidden_layer: 0}]"])
     with pytest.raises(ConfigError, match="set vae.path"):
         _train(latent[:2] + ["model.in_channels=4"], tmp_path / "bad2", 1)

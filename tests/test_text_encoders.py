@@ -194,6 +194,36 @@ def test_save_and_reload_frozen(folders, tmp_path):
     torch.testing.assert_close(wrapped.encode(PROMPTS).tokens, enc.encode(PROMPTS).tokens)
 
 
+def test_hidden_layer_selects_hidden_states_and_round_trips(folders, tmp_path):
+    """``hidden_layer`` picks ``hidden_states[k]`` as tokens (pooled = their masked mean for T5) and survives
+    save_pretrained, to_dict and a pipeline's config; out-of-range layers are a clear error."""
+    from gentron.diffusion import DiffusionConfig
+    from gentron.models import GenTronTransformer, zoo_config
+    from gentron.pipelines import GenTronPipeline
+
+    spec = {"kind": "t5", "path": str(folders["t5"]), "max_length": 10}
+    last, first = load_text_encoder(spec), load_text_encoder({**spec, "hidden_layer": 0})
+    ids = first.tokenize(PROMPTS)
+    with torch.no_grad():
+        ref = first.model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], output_hidden_states=True)
+    emb = first.encode(PROMPTS)
+    torch.testing.assert_close(emb.tokens, ref.hidden_states[0])
+    torch.testing.assert_close(emb.pooled, masked_mean(emb.tokens, emb.mask))
+    assert not torch.allclose(emb.tokens, last.encode(PROMPTS).tokens)
+    with pytest.raises(ValueError, match="hidden_layer=5 is out of range for a 2-layer"):
+        load_text_encoder({**spec, "hidden_layer": 5})
+
+    first.save_pretrained(tmp_path / "enc")
+    assert TextEncoder.from_pretrained(tmp_path / "enc").hidden_layer == 0
+    assert load_text_encoder(first.to_dict()).hidden_layer == 0
+    model = GenTronTransformer(**zoo_config("GenTron-T/4", conditioning="cross-attn", sample_size=8, in_channels=3,
+                                            learn_sigma=False, text_dims=[first.dim], pooled_dims=[first.pooled_dim]))
+    GenTronPipeline.from_parts(model, [first], DiffusionConfig()).save_pretrained(tmp_path / "pipe")
+    pipe = GenTronPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.config.text_hidden_layers == [0]
+    torch.testing.assert_close(pipe.text_encoders[0].encode(PROMPTS).tokens, emb.tokens)
+
+
 # ------------------------------------------------------------------------------------------------
 # MiniLM (the packaged default)
 # ------------------------------------------------------------------------------------------------

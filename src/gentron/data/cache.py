@@ -168,6 +168,8 @@ def add_cache_parser(subparsers) -> None:
     p.add_argument("--text-encoder", action="append", default=[], metavar="KIND=PATH",
                    help="e.g. clip=/models/clip-l, t5=/models/flan-t5-xxl, or minilm (repeatable, in model order)")
     p.add_argument("--max-length", type=int, action="append", default=[], help="per encoder, in the same order")
+    p.add_argument("--hidden-layer", type=int, action="append", default=[],
+                   help="per encoder: hidden state used as tokens (-1 last, -2 penultimate, 0 embeddings)")
     p.add_argument("--shard-size", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
@@ -185,6 +187,8 @@ def _cmd_cache(args) -> int:
         entry = {"kind": kind, "path": path or None}
         if i < len(args.max_length):
             entry["max_length"] = args.max_length[i]
+        if i < len(args.hidden_layer):
+            entry["hidden_layer"] = args.hidden_layer[i]
         specs.append(entry)
     data = ImageCaptionFolder(args.data, resolution=args.resolution)
     vae = load_vae(args.vae, device=args.device) if args.vae else None

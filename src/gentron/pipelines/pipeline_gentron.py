@@ -3,7 +3,7 @@
 Components follow diffusers' PixArt-α pipeline: ``transformer``, ``scheduler``, up to three text
 encoders (``text_encoder``/``tokenizer``, ``_2``, ``_3``; GenTron uses CLIP + Flan-T5), optional
 ``vae`` (pixel space when absent). How each text encoder's output is read (CLIP pooler, masked mean, …)
-is recorded in the pipeline config as ``text_encoder_kinds`` / ``text_max_lengths``.
+is recorded in the pipeline config as ``text_encoder_kinds`` / ``text_max_lengths`` / ``text_hidden_layers``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class GenTronPipeline(DiffusionPipeline):
         vae=None,
         text_encoder_kinds: Optional[Sequence[str]] = None,
         text_max_lengths: Optional[Sequence[int]] = None,
+        text_hidden_layers: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         self.register_modules(
@@ -61,7 +62,8 @@ class GenTronPipeline(DiffusionPipeline):
             tokenizer_3=tokenizer_3, vae=vae,
         )
         self.register_to_config(
-            text_encoder_kinds=list(text_encoder_kinds or []), text_max_lengths=list(text_max_lengths or [])
+            text_encoder_kinds=list(text_encoder_kinds or []), text_max_lengths=list(text_max_lengths or []),
+            text_hidden_layers=list(text_hidden_layers or [-1] * len(text_encoder_kinds or [])),
         )
         self._encoders: Optional[list[TextEncoder]] = None
 
@@ -89,6 +91,7 @@ class GenTronPipeline(DiffusionPipeline):
             vae=vae,
             text_encoder_kinds=[e.kind for e in text_encoders],
             text_max_lengths=[e.max_length for e in text_encoders],
+            text_hidden_layers=[e.hidden_layer for e in text_encoders],
             **parts,
         )
         pipe._encoders = list(text_encoders)
@@ -104,11 +107,13 @@ class GenTronPipeline(DiffusionPipeline):
     def text_encoders(self) -> list[TextEncoder]:
         if self._encoders is None:
             encs = []
-            for slot, kind, max_len in zip(_SLOTS, self.config.text_encoder_kinds, self.config.text_max_lengths):
+            kinds = self.config.text_encoder_kinds
+            layers = getattr(self.config, "text_hidden_layers", None) or [-1] * len(kinds)  # older pipelines: last
+            for slot, kind, max_len, layer in zip(_SLOTS, kinds, self.config.text_max_lengths, layers):
                 model, tok = getattr(self, f"text_encoder{slot}"), getattr(self, f"tokenizer{slot}")
                 if model is None:
                     raise ValueError(f"pipeline config lists text encoder {kind!r} but text_encoder{slot} is missing")
-                encs.append(TextEncoder.from_components(model, tok, kind=kind, max_length=max_len))
+                encs.append(TextEncoder.from_components(model, tok, kind=kind, max_length=max_len, hidden_layer=layer))
             self._encoders = encs
         return self._encoders
 

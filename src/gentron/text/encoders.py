@@ -102,6 +102,9 @@ class TextEncoderConfig:
     max_length: Optional[int] = None  # None = the kind's default (DEFAULT_MAX_LENGTH)
     dtype: str = "float32"
     cache_size: int = DEFAULT_CACHE_SIZE  # distinct prompts kept by frozen encoders; 0 disables
+    # which hidden state is the token output: -1 the last (default), -2 the penultimate ("CLIP skip"),
+    # 0 the embedding layer. Lower layers keep word identity that a sentence encoder's last layer blurs.
+    hidden_layer: int = -1
     width: int = 256
     depth: int = 2
     heads: int = 4
@@ -113,6 +116,7 @@ class TextEncoderConfig:
             self.path = str(self.path)
         if self.max_length is not None and int(self.max_length) < 1:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
+        self.hidden_layer = int(self.hidden_layer)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextEncoderConfig":
@@ -267,6 +271,7 @@ class TextEncoder(nn.Module):
         cache_size: int = DEFAULT_CACHE_SIZE,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         config: Optional[TextEncoderConfig] = None,
+        hidden_layer: Optional[int] = None,
     ):
         super().__init__()
         self.kind = _check_kind(kind)
@@ -276,6 +281,9 @@ class TextEncoder(nn.Module):
         self.trainable = self.kind == "scratch"
         self.dim, self.pooled_dim = _model_dims(model, self.kind)
         _check_max_length(model, self.max_length)
+        if hidden_layer is None:
+            hidden_layer = config.hidden_layer if config is not None else -1
+        self.hidden_layer = _check_hidden_layer(model, self.kind, int(hidden_layer))
         if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
             tokenizer.pad_token = tokenizer.eos_token  # padding="max_length" needs a pad token
         if self.trainable:
@@ -289,6 +297,7 @@ class TextEncoder(nn.Module):
 
         cfg = dataclasses.replace(config) if config is not None else TextEncoderConfig(kind=self.kind)
         cfg.kind, cfg.max_length, cfg.cache_size = self.kind, self.max_length, cache_size
+        cfg.hidden_layer = self.hidden_layer
         cfg.dtype = _dtype_name(self.dtype)
         if isinstance(model, ScratchTextModel):
             cfg.width, cfg.depth, cfg.heads = model.config.width, model.config.depth, model.config.heads
@@ -298,10 +307,10 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_components(
         cls, model: nn.Module, tokenizer: Any, kind: str, max_length: Optional[int] = None,
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_size: int = DEFAULT_CACHE_SIZE, hidden_layer: int = -1,
     ) -> "TextEncoder":
         """Wrap an already-loaded model + tokenizer (e.g. the components of a diffusers pipeline)."""
-        return cls(model, tokenizer, kind, max_length, cache_size=cache_size)
+        return cls(model, tokenizer, kind, max_length, cache_size=cache_size, hidden_layer=hidden_layer)
 
     @classmethod
     def from_pretrained(
@@ -368,8 +377,9 @@ class TextEncoder(nn.Module):
         if isinstance(self.model, ScratchTextModel):
             tokens = self.model(input_ids, mask)
             return TextEmbedding(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
-        out = self.model(input_ids=input_ids, attention_mask=mask.long())
-        tokens = out.last_hidden_state
+        last = self.hidden_layer == -1
+        out = self.model(input_ids=input_ids, attention_mask=mask.long(), output_hidden_states=not last)
+        tokens = out.last_hidden_state if last else out.hidden_states[self.hidden_layer]
         if self.kind == "clip":
             pooled = getattr(out, "text_embeds", None)  # CLIPTextModelWithProjection
             pooled = out.pooler_output if pooled is None else pooled
@@ -453,6 +463,20 @@ def _model_dims(model: nn.Module, kind: str) -> tuple[int, int]:
     if kind == "clip" and hasattr(model, "text_projection"):
         pooled = conf.projection_dim
     return int(dim), int(pooled)
+
+
+def _check_hidden_layer(model: nn.Module, kind: str, layer: int) -> int:
+    """``layer`` indexes ``hidden_states`` (embeddings + one per layer); a clear error when out of range."""
+    if layer == -1:
+        return layer
+    if kind == "scratch":
+        raise ValueError("hidden_layer applies to pretrained encoders; the scratch encoder always uses its last layer")
+    conf = getattr(model, "config", None)
+    n = getattr(conf, "num_hidden_layers", None) or getattr(conf, "num_layers", None)
+    if n is not None and not -(n + 1) <= layer <= n:
+        raise ValueError(f"hidden_layer={layer} is out of range for a {n}-layer {kind} encoder "
+                         f"(0 = embeddings, {n} or -1 = last)")
+    return layer
 
 
 def _check_max_length(model: nn.Module, max_length: int) -> None:

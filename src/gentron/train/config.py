@@ -40,6 +40,7 @@ class TextEncoderEntry:
     path: Optional[str] = None  # local folder; None = the packaged MiniLM
     max_length: Optional[int] = None
     dtype: str = "float32"
+    hidden_layer: int = -1  # hidden state used as tokens: -1 last, -2 penultimate, 0 embeddings
 
 
 @dataclass

@@ -164,8 +164,8 @@ def check_cache_matches(cache, cfg: RunConfig, encoders: list[TextEncoder], vae,
         raise ConfigError(f"cache {cache.root} holds features of {len(stored)} text encoder(s); text.encoders lists {len(encoders)}")
     for k, (meta, enc) in enumerate(zip(stored, encoders)):
         mine = enc.to_dict()
-        for key in ("kind", "max_length"):
-            if meta.get(key) != mine.get(key):
+        for key in ("kind", "max_length", "hidden_layer"):
+            if meta.get(key, -1 if key == "hidden_layer" else None) != mine.get(key):
                 raise ConfigError(f"cache {cache.root}: text encoder {k} has {key}={meta.get(key)!r} in the cache but "
                                   f"{mine.get(key)!r} in text.encoders; re-run `gentron cache` or fix the config")
         width = cache.token_width(k)
@@ -974,7 +974,8 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def _entry_dict(entry: Any) -> dict:
-    return dict(kind=entry.kind, path=entry.path, max_length=entry.max_length, dtype=entry.dtype)
+    return dict(kind=entry.kind, path=entry.path, max_length=entry.max_length, dtype=entry.dtype,
+                hidden_layer=entry.hidden_layer)
 
 
 def _tensorboard(path: Path):
