@@ -333,3 +333,26 @@ def test_fid_and_clip_score_generate_from_a_model(tiny_pipeline, tiny_clip, tmp_
                    str(tmp_path / "p.txt"), "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "c.json")) == 0
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["num"] == 2 and 0.0 <= c["clip_score"] <= 100.0
+
+
+def test_demo_report_uses_the_budgets_targets(tmp_path):
+    """`gentron demo --minutes 60` is judged against the issue's 60-minute bar (shape 0.9, spatial 0.85)."""
+    from types import SimpleNamespace
+
+    from gentron.cli.demo import TARGETS, targets_for, write_markdown
+
+    assert targets_for(15) == TARGETS and targets_for(60) == {"color": 0.9, "shape": 0.9, "spatial": 0.85}
+    acc = {"color": 1.0, "shape": 0.8, "count": 0.5, "spatial": 0.75, "complex": 0.0}
+    for minutes, missed in ((15, set()), (60, {"shape", "spatial"})):
+        targets = targets_for(minutes)
+        result = {"accuracy": acc, "chance": dict.fromkeys(acc, 0.1), "targets": targets, "steps": 10,
+                  "targets_met": {k: acc[k] >= v for k, v in targets.items()}, "model": "m", "device": "cpu",
+                  "train_minutes": minutes - 2, "minutes": minutes}
+        report = {"prompts_per_category": 48, "sampler": "dpm", "steps": 20, "guidance": 4.0}
+        cfg = SimpleNamespace(model=SimpleNamespace(conditioning="cross-attn"))
+        write_markdown(tmp_path / "r.md", result, report, cfg, tmp_path / "s.png", tmp_path / "l.png")
+        text = (tmp_path / "r.md").read_text()
+        assert ("## Targets not reached" in text) == bool(missed)
+        for cat in missed:
+            assert f"- {cat}: {acc[cat]:.3f} < {targets[cat]}" in text
+        assert ("| spatial | 0.750 | 0.100 | 0.85 | **not met** (target 0.85) |" in text) == (minutes == 60)

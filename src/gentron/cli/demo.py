@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 TARGETS = {"color": 0.9, "shape": 0.7, "spatial": 0.7}
-TARGETS_60MIN = {"shape": 0.9, "spatial": 0.85}
+TARGETS_60MIN = {"shape": 0.9, "spatial": 0.85}  # the issue's bar for `--minutes 60` on CPU
+
+
+def targets_for(minutes: float) -> dict[str, float]:
+    """Held-out accuracy targets for a demo of this total budget: the 60-minute bar applies from 60 min."""
+    return {**TARGETS, **TARGETS_60MIN} if minutes >= 60 else dict(TARGETS)
 
 
 def recipe_path() -> Path:
@@ -57,14 +62,15 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     grid = write_report(report, out / "eval.json", grid_path=out / "samples.png")
     loss_png = plot_loss(out / "run" / "metrics.jsonl", out / "loss.png")
     total_min = (time.time() - t0) / 60
+    targets = targets_for(total)
     result = {
         "accuracy": report["accuracy"],
         "chance": report["chance"],
         "minutes": total_min,
         "train_minutes": summary["minutes"],
         "steps": summary["steps"],
-        "targets": TARGETS,
-        "targets_met": {k: report["accuracy"].get(k, 0.0) >= v for k, v in TARGETS.items()},
+        "targets": targets,
+        "targets_met": {k: report["accuracy"].get(k, 0.0) >= v for k, v in targets.items()},
         "model": cfg.model.name,
         "device": str(trainer.device),
         "run_dir": str(out / "run"),
@@ -106,7 +112,7 @@ def plot_loss(metrics: Path, out: Path) -> Path:
 def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss_png: Path) -> None:
     rows = []
     for cat, acc in result["accuracy"].items():
-        target = TARGETS.get(cat)
+        target = result["targets"].get(cat)
         status = "" if target is None else ("met" if acc >= target else f"**not met** (target {target})")
         rows.append(f"| {cat} | {acc:.3f} | {result['chance'][cat]:.3f} | {target if target else '—'} | {status} |")
     missed = [c for c, ok in result["targets_met"].items() if not ok]
@@ -114,12 +120,14 @@ def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss
     if missed:
         gap = (
             "\n## Targets not reached\n\n"
-            + "".join(f"- {c}: {result['accuracy'][c]:.3f} < {TARGETS[c]}\n" for c in missed)
-            + f"\nThe known lever is more optimizer steps ({result['steps']} here): on a 2-core CPU shape rose from "
-            "0.17 at 1.1k steps to 0.3-0.4 at 2.3-2.8k, while the spatial relation was still at chance even on "
-            "arrangements seen in training. `gentron demo --minutes 60` or `--device cuda` trains longer; "
-            "docs/demo-recipe.md has the measured probes (loss weighting, learning rate, heads, object size, "
-            "sampler, guidance) that did not close the gap.\n"
+            + "".join(f"- {c}: {result['accuracy'][c]:.3f} < {result['targets'][c]}\n" for c in missed)
+            + f"\nMeasured on 2 CPU cores ({result['steps']} steps here): shape rises with optimizer steps (0.17 at "
+            "1.1k steps, 0.3-0.4 at 2.3-2.8k, 0.67 at 8.9k in `--minutes 60`), so a longer run or `--device cuda` "
+            "helps it. Spatial does not (0.10-0.19 at 2.3k-8.9k steps): at these budgets the model reads a caption "
+            "as a bag of words (swapping the two objects or 'left'/'right' barely changes its prediction), and a bag "
+            "of words cannot say which object is on the left. docs/demo-recipe.md has the diagnosis and the probes "
+            "(batch, data mix, timestep and loss weighting, learning rate, heads, object size, encoder layer, sampler, "
+            "guidance) that did not close the gap.\n"
         )
     text = f"""# gentron demo report
 
