@@ -216,14 +216,10 @@ class VideoCaptionFolder(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"video folder not found: {self.root}")
         jsonl = self.root / "captions.jsonl"
-        self.items = self._read_jsonl(jsonl) if jsonl.is_file() else self._read_sidecars()
+        rows = (read_captions_jsonl(jsonl, self.root, self.skipped) if jsonl.is_file()
+                else read_sidecar_captions(self.root, VIDEO_EXTENSIONS, self.skipped))
+        self.items: list[tuple[Path, str]] = [(path, caption) for path, caption, _ in rows]  # sizes unused here
         self._bad: set[int] = set()
-
-    def _read_jsonl(self, path: Path) -> list[tuple[Path, str]]:
-        return read_captions_jsonl(path, self.root, self.skipped)
-
-    def _read_sidecars(self) -> list[tuple[Path, str]]:
-        return read_sidecar_captions(self.root, VIDEO_EXTENSIONS, self.skipped)
 
     def __len__(self) -> int:
         return len(self.items)
