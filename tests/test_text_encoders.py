@@ -222,6 +222,11 @@ def test_hidden_layer_selects_hidden_states_and_round_trips(folders, tmp_path):
     pipe = GenTronPipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.config.text_hidden_layers == [0]
     torch.testing.assert_close(pipe.text_encoders[0].encode(PROMPTS).tokens, emb.tokens)
+    # a pipeline saved before the option (no key in model_index.json) reads the last layer, as it was trained
+    index = tmp_path / "pipe" / "model_index.json"
+    index.write_text(json.dumps({k: v for k, v in json.loads(index.read_text()).items() if k != "text_hidden_layers"}))
+    older = GenTronPipeline.from_pretrained(tmp_path / "pipe")
+    assert older.config.text_hidden_layers == [-1] and older.text_encoders[0].hidden_layer == -1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -230,6 +230,9 @@ class ImageCaptionFolder(CaptionedImages):
 __all__ = ["CaptionedImages", "ImageCaptionFolder", "image_size_of", "ImageLoadError", "load_image", "resize_and_crop", "to_tensor", "IMAGE_EXTENSIONS"]
 
 
+Row = tuple[Path, str, Optional[tuple[int, int]]]  # (file, caption, (height, width) when the index states it)
+
+
 def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[Row]:
     """(file, caption, None) for every file under ``root`` with one of ``extensions`` and a non-empty ``FILE.txt``
     beside it; files without a caption are counted in ``skipped["missing_caption"]``."""
@@ -242,9 +245,6 @@ def read_sidecar_captions(root: Path, extensions, skipped: dict) -> list[Row]:
             continue
         entries.append((path, caption, None))
     return entries
-
-
-Row = tuple[Path, str, Optional[tuple[int, int]]]  # (file, caption, (height, width) when the index states it)
 
 
 def _stated_size(rec: dict) -> Optional[tuple[int, int]]:

@@ -63,6 +63,7 @@ class GenTronPipeline(DiffusionPipeline):
         )
         self.register_to_config(
             text_encoder_kinds=list(text_encoder_kinds or []), text_max_lengths=list(text_max_lengths or []),
+            # pipelines saved before the option have no key: their encoders used the last layer
             text_hidden_layers=list(text_hidden_layers or [-1] * len(text_encoder_kinds or [])),
         )
         self._encoders: Optional[list[TextEncoder]] = None
@@ -107,9 +108,8 @@ class GenTronPipeline(DiffusionPipeline):
     def text_encoders(self) -> list[TextEncoder]:
         if self._encoders is None:
             encs = []
-            kinds = self.config.text_encoder_kinds
-            layers = getattr(self.config, "text_hidden_layers", None) or [-1] * len(kinds)  # older pipelines: last
-            for slot, kind, max_len, layer in zip(_SLOTS, kinds, self.config.text_max_lengths, layers):
+            c = self.config
+            for slot, kind, max_len, layer in zip(_SLOTS, c.text_encoder_kinds, c.text_max_lengths, c.text_hidden_layers):
                 model, tok = getattr(self, f"text_encoder{slot}"), getattr(self, f"tokenizer{slot}")
                 if model is None:
                     raise ValueError(f"pipeline config lists text encoder {kind!r} but text_encoder{slot} is missing")

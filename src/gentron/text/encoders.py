@@ -271,7 +271,6 @@ class TextEncoder(nn.Module):
         cache_size: int = DEFAULT_CACHE_SIZE,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         config: Optional[TextEncoderConfig] = None,
-        hidden_layer: Optional[int] = None,
     ):
         super().__init__()
         self.kind = _check_kind(kind)
@@ -281,9 +280,7 @@ class TextEncoder(nn.Module):
         self.trainable = self.kind == "scratch"
         self.dim, self.pooled_dim = _model_dims(model, self.kind)
         _check_max_length(model, self.max_length)
-        if hidden_layer is None:
-            hidden_layer = config.hidden_layer if config is not None else -1
-        self.hidden_layer = _check_hidden_layer(model, self.kind, int(hidden_layer))
+        self.hidden_layer = _check_hidden_layer(model, self.kind, config.hidden_layer if config is not None else -1)
         if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
             tokenizer.pad_token = tokenizer.eos_token  # padding="max_length" needs a pad token
         if self.trainable:
@@ -310,7 +307,8 @@ class TextEncoder(nn.Module):
         cache_size: int = DEFAULT_CACHE_SIZE, hidden_layer: int = -1,
     ) -> "TextEncoder":
         """Wrap an already-loaded model + tokenizer (e.g. the components of a diffusers pipeline)."""
-        return cls(model, tokenizer, kind, max_length, cache_size=cache_size, hidden_layer=hidden_layer)
+        return cls(model, tokenizer, kind, max_length, cache_size=cache_size,
+                   config=TextEncoderConfig(kind=kind, hidden_layer=hidden_layer))
 
     @classmethod
     def from_pretrained(

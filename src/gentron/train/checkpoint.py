@@ -1,4 +1,4 @@
-"""Crash-safe training checkpoints: ``RUN_DIR/checkpoints/step_XXXXXXX/``.
+"""Crash-safe training checkpoints: ``RUN_DIR/checkpoints/step_NNNNNNN/``.
 
 A checkpoint is written to a temporary directory, every file is flushed and fsync'ed, the directory is
 renamed into place, and only then a ``COMPLETE`` marker is written. A directory without the marker is
@@ -79,7 +79,7 @@ def read_rng_state(ckpt_dir: Path, rank: int) -> Optional[dict[str, list[int]]]:
 
 
 def commit_checkpoint(run_dir: Path, step: int, tmp: Path, keep: int = 2) -> Path:
-    """fsync everything in ``tmp``, rename it to ``step_XXXXXXX``, write the COMPLETE marker, prune."""
+    """fsync everything in ``tmp``, rename it to ``step_NNNNNNN``, write the COMPLETE marker, prune."""
     root = Path(run_dir) / "checkpoints"
     final = root / step_dir_name(step)
     for f in sorted(tmp.rglob("*")):

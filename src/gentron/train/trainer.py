@@ -156,6 +156,10 @@ def keep_batch(bucketed, batch: list[int]) -> bool:
     return bucketed.bucket_of_item[batch[0]] >= 0
 
 
+#: Encoder options that caches written before the option existed lack; they were made with its default.
+_CACHE_META_DEFAULTS = {"hidden_layer": -1}
+
+
 def check_cache_matches(cache, cfg: RunConfig, encoders: list[TextEncoder], vae, vae_factor: int) -> int:
     """A feature cache must have been made with the run's encoders (kind, max length, width) and VAE; returns
     the latent downsampling factor (resolution / stored size). Mismatches are config errors, not shape crashes."""
@@ -165,7 +169,7 @@ def check_cache_matches(cache, cfg: RunConfig, encoders: list[TextEncoder], vae,
     for k, (meta, enc) in enumerate(zip(stored, encoders)):
         mine = enc.to_dict()
         for key in ("kind", "max_length", "hidden_layer"):
-            if meta.get(key, -1 if key == "hidden_layer" else None) != mine.get(key):
+            if meta.get(key, _CACHE_META_DEFAULTS.get(key)) != mine.get(key):
                 raise ConfigError(f"cache {cache.root}: text encoder {k} has {key}={meta.get(key)!r} in the cache but "
                                   f"{mine.get(key)!r} in text.encoders; re-run `gentron cache` or fix the config")
         width = cache.token_width(k)
@@ -756,7 +760,10 @@ class Trainer:
                 while self.step < cfg.train.steps:
                     out = self.train_step()
                     pending.append((self.step, out["loss"], out["grad_norm"], out["lr"]))
-                    pbar.update(min(round(time.time() - t_bar0), pbar.total) - pbar.n if by_time else 1)
+                    if by_time:  # advance the bar to the seconds elapsed
+                        pbar.update(min(round(time.time() - t_bar0), pbar.total) - pbar.n)
+                    else:
+                        pbar.update(1)
                     self.nonfinite_in_a_row = 0 if out["finite"] else self.nonfinite_in_a_row + 1
                     limit = cfg.train.max_nonfinite_in_a_row
                     if limit > 0 and self.nonfinite_in_a_row >= limit:
@@ -927,12 +934,9 @@ def training_flops_per_sample(model: GenTronTransformer, text_lengths: Sequence[
     from torch.utils.flop_counter import FlopCounterMode
 
     c = model.config
-    n_enc = len(c.text_dims or []) if c.conditioning != "class" else 0
-    lengths = list(text_lengths) + [77] * (n_enc - len(text_lengths))
-    pooled_dims = list(c.pooled_dims or []) if c.pooled_dims is not None else (
-        list(c.text_dims) if c.conditioning in ("adaln-zero", "cross-attn") else [])
     with torch.device("meta"):
         meta = GenTronTransformer.from_config(c)
+        lengths = list(text_lengths) + [77] * (meta.num_encoders - len(text_lengths))
         frames = (num_frames,) if num_frames > 1 else ()
         x = torch.zeros(1, c.in_channels, *frames, c.sample_size, c.sample_size)
         kw: dict[str, Any] = {}
@@ -941,8 +945,8 @@ def training_flops_per_sample(model: GenTronTransformer, text_lengths: Sequence[
         else:
             kw["encoder_hidden_states"] = tuple(torch.zeros(1, n, d) for n, d in zip(lengths, c.text_dims))
             kw["encoder_attention_mask"] = tuple(torch.ones(1, n, dtype=torch.bool) for n in lengths)
-            if pooled_dims:
-                kw["pooled_projections"] = tuple(torch.zeros(1, d) for d in pooled_dims)
+            if hasattr(meta, "pooled_projections"):  # the model's own pooled widths (adaln-zero / cross-attn)
+                kw["pooled_projections"] = tuple(torch.zeros(1, proj[0].in_features) for proj in meta.pooled_projections)
         if getattr(c, "micro_conditions", False):
             kw["added_cond_kwargs"] = {"resolution": torch.zeros(1, 2), "aspect_ratio": torch.zeros(1, 1)}
         with FlopCounterMode(display=False) as counter:
