@@ -167,6 +167,36 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(call(loaded, x, t, tok, mask), call(model, x, t, tok, mask))
 
 
+def test_text_refiner_starts_as_identity_and_learns_word_order(tmp_path):
+    """A fresh refiner leaves the model's output unchanged (it can be added to a trained model); once
+    trained it sees token order (permuting tokens changes the output, which plain cross-attention —
+    a set operation over tokens — cannot notice), honours padding, and survives save/load."""
+    plain = randomize(tiny("cross-attn"))
+    refined = tiny("cross-attn", text_refiner_layers=2)
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("text_refiners.") for k in missing)
+    x, t, tok, mask = inputs()
+    assert torch.equal(call(refined, x, t, tok, mask), call(plain, x, t, tok, mask))
+
+    randomize(refined.text_refiners)
+    swapped = tok.clone()
+    swapped[:, [0, 1]] = tok[:, [1, 0]]  # same bag of tokens, other order (both unpadded)
+    ref = call(refined, x, t, tok, mask)
+    assert not torch.allclose(call(refined, x, t, swapped, mask), ref)
+    torch.testing.assert_close(call(plain, x, t, swapped, mask), call(plain, x, t, tok, mask), atol=1e-4, rtol=1e-5)
+    padded = tok.clone()
+    padded[1, 3:] = 100.0
+    out = refined(x, t, encoder_hidden_states=padded, encoder_attention_mask=mask, pooled_projections=tok.mean(1))
+    torch.testing.assert_close(out.sample, ref)
+
+    refined.save_pretrained(tmp_path / "m")
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.config.text_refiner_layers == 2
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), ref)
+    with pytest.raises(ValueError, match="text_refiner_layers needs cross-attention"):
+        tiny("adaln-zero", text_refiner_layers=1)
+
+
 def test_latent_and_pixel_channels_and_no_sigma():
     m = GenTronTransformer(**zoo_config("GenTron-T/2", conditioning="cross-attn", sample_size=8, in_channels=4,
                                         text_dims=[TEXT_DIM], learn_sigma=False))

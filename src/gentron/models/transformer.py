@@ -246,6 +246,44 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+class TextRefiner(nn.Module):
+    """A few pre-LN transformer layers over the projected text tokens, trained with the model.
+
+    Not in GenTron or PixArt-α (their text features go straight into cross-attention, frozen); an option
+    in the spirit of Lumina-Image 2.0's context refiner. Why: cross-attention keys are a *linear* map of
+    each token on its own, so "which object is named before 'left of'" must already be in a frozen
+    token's features; sentence encoders such as MiniLM barely keep it (docs/demo-recipe.md). Self-attention
+    over the tokens, with a 1-D sin-cos token-position signal, lets the model learn such bindings. Every
+    residual branch starts at zero, so a fresh refiner is the identity and can be added to a trained model.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, norm_eps: float = 1e-6):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(dict(
+                norm1=nn.LayerNorm(hidden_size, eps=norm_eps),
+                attn=Attention(hidden_size, num_heads, zero_init_out=True),
+                norm2=nn.LayerNorm(hidden_size, eps=norm_eps),
+                mlp=Mlp(hidden_size, 4 * hidden_size),
+            ))
+            for _ in range(num_layers)
+        )
+        for layer in self.layers:  # attention's output projection is zeroed by zero_init_out
+            nn.init.zeros_(layer["mlp"].fc2.weight)
+            nn.init.zeros_(layer["mlp"].fc2.bias)
+
+    def forward(self, tokens: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """tokens (B, L, D); ``bias`` the padding bias of :func:`_attention_bias` (padded keys ignored)."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        # Token order enters the attention input only, so a fresh refiner returns ``tokens`` exactly.
+        order = sincos_1d(positions, tokens.shape[-1]).to(tokens.dtype)[None]
+        h = tokens
+        for layer in self.layers:
+            h = h + layer["attn"](layer["norm1"](h + order), bias=bias)
+            h = h + layer["mlp"](layer["norm2"](h))
+        return h
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: x·(1 + scale) + shift, with per-sample (B, 1, D) scale and shift."""
     return torch.addcmul(shift, x, 1 + scale)
@@ -439,6 +477,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_layers: bool = False,
         temporal_every: int = 1,
         temporal_pos_embed: bool = True,
+        text_refiner_layers: int = 0,
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
@@ -470,6 +509,12 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             self.y_embedder = nn.Embedding(num_classes + int(class_dropout), hidden_size)
         if uses_cross:
             self.token_projections = nn.ModuleList(TokenProjection(d, hidden_size) for d in text_dims)
+            if text_refiner_layers > 0:
+                self.text_refiners = nn.ModuleList(
+                    TextRefiner(hidden_size, num_heads, text_refiner_layers, norm_eps) for _ in text_dims
+                )
+        elif text_refiner_layers:
+            raise ValueError(f"text_refiner_layers needs cross-attention; conditioning is {conditioning!r}")
         if pooled_dims:
             # GenTron: pooled text of every encoder is added to the time embedding.
             self.pooled_projections = nn.ModuleList(
@@ -603,6 +648,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         masks = _as_tuple(encoder_attention_mask) or (None,) * len(tokens)
         contexts = [proj(t.to(dtype)) for proj, t in zip(self.token_projections, tokens)]
         biases = [_attention_bias(m, dtype) for m in masks]
+        if hasattr(self, "text_refiners"):
+            contexts = [refine(c, b) for refine, c, b in zip(self.text_refiners, contexts, biases)]
         return contexts, biases
 
     def precompute_text_kv(
@@ -730,6 +777,9 @@ def _zero_init_params(module: nn.Module) -> list[nn.Parameter]:
                 params += list(attn.proj.parameters())
     if isinstance(module, FinalLayer):
         params += list(module.linear.parameters())
+    if isinstance(module, TextRefiner):
+        for layer in module.layers:
+            params += list(layer["attn"].proj.parameters()) + list(layer["mlp"].fc2.parameters())
     return params
 
 
