@@ -275,11 +275,12 @@ class TextRefiner(nn.Module):
     def forward(self, tokens: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """tokens (B, L, D); ``bias`` the padding bias of :func:`_attention_bias` (padded keys ignored)."""
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        # Token order enters the attention input only, so a fresh refiner returns ``tokens`` exactly.
+        # Token order enters the attention input only (so a fresh refiner returns ``tokens`` exactly), after
+        # the norm: projected tokens start ~50x smaller than the unit-scale sin-cos signal, which would drown them.
         order = sincos_1d(positions, tokens.shape[-1]).to(tokens.dtype)[None]
         h = tokens
         for layer in self.layers:
-            h = h + layer["attn"](layer["norm1"](h + order), bias=bias)
+            h = h + layer["attn"](layer["norm1"](h) + order, bias=bias)
             h = h + layer["mlp"](layer["norm2"](h))
         return h
 
