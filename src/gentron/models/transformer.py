@@ -252,9 +252,10 @@ class TextRefiner(nn.Module):
     Not in GenTron or PixArt-α (their text features go straight into cross-attention, frozen); an option
     in the spirit of Lumina-Image 2.0's context refiner. Why: cross-attention keys are a *linear* map of
     each token on its own, so "which object is named before 'left of'" must already be in a frozen
-    token's features; sentence encoders such as MiniLM barely keep it (docs/demo-recipe.md). Self-attention
-    over the tokens, with a 1-D sin-cos token-position signal, lets the model learn such bindings. Every
-    residual branch starts at zero, so a fresh refiner is the identity and can be added to a trained model.
+    token's features. Self-attention over the tokens, with a 1-D sin-cos token-position signal, lets the
+    model learn such bindings itself. (On the shapes demo MiniLM's tokens already carry them and the refiner
+    did not help: docs/demo-recipe.md, fourth round.) Every residual branch starts at zero, so a fresh
+    refiner is the identity and can be added to a trained model.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_layers: int, norm_eps: float = 1e-6):
