@@ -167,9 +167,9 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(call(loaded, x, t, tok, mask), call(model, x, t, tok, mask))
 
 
-def test_text_refiner_starts_as_identity_and_learns_word_order(tmp_path):
-    """A fresh refiner leaves the model's output unchanged (it can be added to a trained model); once
-    trained it sees token order (permuting tokens changes the output, which plain cross-attention —
+def test_text_refiner_starts_as_identity_and_sees_word_order(tmp_path):
+    """A fresh refiner leaves the model's output unchanged (it can be added to a trained model); with
+    non-zero weights it sees token order (permuting tokens changes the output, which plain cross-attention —
     a set operation over tokens — cannot notice), honours padding, and survives save/load."""
     plain = randomize(tiny("cross-attn"))
     refined = tiny("cross-attn", text_refiner_layers=2)
@@ -195,6 +195,8 @@ def test_text_refiner_starts_as_identity_and_learns_word_order(tmp_path):
     torch.testing.assert_close(call(loaded, x, t, tok, mask), ref)
     with pytest.raises(ValueError, match="text_refiner_layers needs cross-attention"):
         tiny("adaln-zero", text_refiner_layers=1)
+    with pytest.raises(ValueError, match="text_refiner_layers must be >= 0"):
+        tiny("cross-attn", text_refiner_layers=-1)
 
 
 def test_latent_and_pixel_channels_and_no_sigma():

@@ -487,6 +487,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         super().__init__()
         if temporal_every < 1:
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
+        if text_refiner_layers < 0:
+            raise ValueError(f"text_refiner_layers must be >= 0, got {text_refiner_layers}")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2-D sin-cos positions), got {hidden_size}")
         if conditioning not in CONDITIONING_MODES:
