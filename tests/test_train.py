@@ -57,6 +57,20 @@ def test_diffusion_section_reaches_the_training_objective():
         diffusion_config(load_config(None, ["diffusion.timestep_sampling=lognormal"]))
 
 
+def test_trainer_draws_timesteps_from_the_configured_distribution(shapes_data, tmp_path):
+    """The trainer's per-sample draws, not only the config, follow `diffusion.timestep_sampling`."""
+    def drawn(extra):
+        trainer = make_trainer(shapes_data, tmp_path / "-".join(extra or ["uniform"]), extra)
+        return torch.cat([trainer.sample_randomness(step, 0, torch.Size((64, 3, 8, 8)))[1] for step in range(8)])
+
+    uniform = drawn([])
+    shifted = drawn(["diffusion.timestep_sampling=logit_normal", "diffusion.logit_mean=1.5", "diffusion.logit_std=0.5"])
+    T = 1000
+    assert 0.4 < (uniform < T // 2).float().mean() < 0.6
+    # t/T = sigmoid(N(1.5, 0.5)): below T/2 only when N < 0, about 0.1 % of draws
+    assert (shifted < T // 2).float().mean() < 0.02 and shifted.float().median() > 0.75 * T
+
+
 def test_stable_config_keys_exist():
     cfg = load_config(REPO / "configs" / "shapes-tiny.yaml")
     for key in ("steps", "batch_size", "checkpoint_every", "seed"):

@@ -643,7 +643,7 @@ class Trainer:
         for j in range(shape[0]):
             g = torch.Generator().manual_seed(D.sample_seed(cfg.train.seed, key, offset + j))
             drops.append(torch.rand(1, generator=g))
-            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=g))
+            ts.append(self.diffusion.sample_timesteps(1, generator=g))  # uniform (DiT) or logit-normal (config)
             noises.append(torch.randn(tuple(shape[1:]), generator=g))
         return torch.cat(drops) < cfg.train.caption_dropout, torch.cat(ts), torch.stack(noises)
 
