@@ -208,6 +208,30 @@ def test_min_snr_weighting_equals_min_snr_gamma_in_x0_space(prediction):
     torch.testing.assert_close(losses["loss"], expected, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("frames", [None, 2])
+def test_multiscale_loss_adds_pooled_residuals_only(frames):
+    """simple diffusion's multiscale loss: a residual that is constant over each 4x4 block counts once more
+    per factor it survives; a one-pixel checkerboard (pure high frequency) pools to zero and adds nothing."""
+    shape = (2, 3, 8, 8) if frames is None else (2, 3, frames, 8, 8)
+    x0, noise = data(shape)
+    t = torch.tensor([10, 900])
+    plain = GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False))
+    multi = GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False, multiscale_loss=(2, 4)))
+    x_t = plain.q_sample(x0, t, noise)
+    blocky = torch.randn(*shape[:-2], 2, 2).repeat_interleave(4, -2).repeat_interleave(4, -1)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1.0
+    for residual, extra in ((blocky, 2), (checker.expand(shape), 0)):
+        ref = plain.training_losses(x0 + residual, x0, x_t, t, noise)
+        out = multi.training_losses(x0 + residual, x0, x_t, t, noise)
+        torch.testing.assert_close(out["mse"], ref["mse"])
+        torch.testing.assert_close(out["loss"], (1 + extra) * ref["loss"])
+    with pytest.raises(ValueError, match="does not divide"):
+        GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False, multiscale_loss=(3,))).training_losses(
+            x0, x0, x_t, t, noise)
+    with pytest.raises(ValueError, match="multiscale_loss"):
+        DiffusionConfig(multiscale_loss=(1,))
+
+
 def test_sample_timesteps_and_training_step_inputs():
     for sampling in ("uniform", "logit_normal"):
         diff = GaussianDiffusion(DiffusionConfig(timestep_sampling=sampling))

@@ -138,9 +138,10 @@ def test_interleaved_cross_attention_uses_encoder_i_mod_k():
         model(x, t, encoder_hidden_states=tok, pooled_projections=pooled)
 
 
-def test_precomputed_text_kv_matches_forward():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_precomputed_text_kv_matches_forward(qk_norm):
     for mode in ("cross-attn", "adaln-single"):
-        model = randomize(tiny(mode)).eval()
+        model = randomize(tiny(mode, qk_norm=qk_norm)).eval()
         x, t, tok, mask = inputs()
         ref = call(model, x, t, tok, mask)
         kv = model.precompute_text_kv(tok, mask)
@@ -163,6 +164,30 @@ def test_save_load_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    x, t, tok, mask = inputs()
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), call(model, x, t, tok, mask))
+
+
+def test_qk_norm_makes_attention_weights_independent_of_key_scale(tmp_path):
+    """With ``qk_norm`` the attention weights ignore the keys' magnitude: tiny text keys (PixArt's N(0, 0.02)
+    caption projection) no longer mean near-uniform attention. Without it, scaling the keys sharpens it."""
+    from gentron.models.transformer import Attention
+
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 5, 16), torch.randn(2, 4, 16)
+    for qk_norm in (True, False):
+        attn = Attention(16, 2, context_dim=16, qk_norm=qk_norm)
+        for lin in (attn.q, attn.kv, attn.proj):
+            torch.nn.init.zeros_(lin.bias)  # out(c·context) = c·out(context) iff the weights ignore c
+        scaled, ref = attn(x, 10 * context), attn(x, context)
+        assert torch.allclose(scaled, 10 * ref, atol=1e-4) == qk_norm
+
+    model = randomize(tiny("cross-attn", qk_norm=True))
+    assert {n for n, _ in model.named_parameters() if n.startswith("blocks.0.") and "_norm." in n} == {
+        f"blocks.0.{a}.{q}_norm.weight" for a in ("attn", "cross_attn") for q in "qk"}
+    model.save_pretrained(tmp_path / "m")
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.config.qk_norm is True
     x, t, tok, mask = inputs()
     torch.testing.assert_close(call(loaded, x, t, tok, mask), call(model, x, t, tok, mask))
 
@@ -260,8 +285,9 @@ def test_video_at_init_equals_image_model_frame_by_frame():
         torch.testing.assert_close(vid[:, :, f], img, atol=2e-4, rtol=1e-4)
 
 
-def test_motion_free_mask_isolates_frames():
-    model = randomize(tiny("cross-attn", temporal_layers=True)).eval()
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_motion_free_mask_isolates_frames(qk_norm):
+    model = randomize(tiny("cross-attn", temporal_layers=True, qk_norm=qk_norm)).eval()
     x, t, tok, mask = inputs(frames=4)
     x2 = x.clone()
     x2[:, :, 2] += 1.0  # perturb frame 2

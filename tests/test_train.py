@@ -53,6 +53,7 @@ def test_diffusion_section_reaches_the_training_objective():
 
     d = diffusion_config(load_config(None, ["diffusion.timestep_sampling=logit_normal", "diffusion.logit_mean=0.5"]))
     assert (d.timestep_sampling, d.logit_mean, d.logit_std) == ("logit_normal", 0.5, 1.0)
+    assert diffusion_config(load_config(None, ["diffusion.multiscale_loss=[8, 16]"])).multiscale_loss == (8, 16)
     with pytest.raises(ValueError, match="timestep_sampling"):
         diffusion_config(load_config(None, ["diffusion.timestep_sampling=lognormal"]))
 

@@ -189,13 +189,23 @@ class Attention(nn.Module):
     Self-attention fuses Q, K and V into one matmul; cross-attention fuses K and V, and exposes
     `project_kv` so a sampler can compute the text keys/values once per prompt (they are constant over
     the denoising steps).
+
+    ``qk_norm`` (off in GenTron, PixArt-α and DiT; on in SD3, Flux and Lumina) RMS-normalises each head's
+    queries and keys, with a learned scale. Why: attention logits then start at unit scale whatever the
+    magnitude of the inputs. PixArt's caption projection starts at N(0, 0.02), so without it the text keys
+    are ~20x smaller than the queries, cross-attention is close to uniform over the tokens (a bag of words)
+    and stays so for thousands of steps (docs/demo-recipe.md, fifth round).
     """
 
-    def __init__(self, dim: int, num_heads: int, context_dim: Optional[int] = None, zero_init_out: bool = False):
+    def __init__(self, dim: int, num_heads: int, context_dim: Optional[int] = None, zero_init_out: bool = False,
+                 qk_norm: bool = False, norm_eps: float = 1e-6):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
         self.is_cross = context_dim is not None
         if self.is_cross:
             self.q = nn.Linear(dim, dim)
@@ -211,9 +221,18 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
+    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head RMSNorm of queries and keys (B, H, N, Dh) when ``qk_norm`` is on; identity otherwise."""
+        if self.q_norm is None:
+            return q, k
+        return self.q_norm(q), self.k_norm(k)
+
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv(context).chunk(2, dim=-1)
-        return self._heads(k), self._heads(v)
+        k = self._heads(k)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return k, self._heads(v)
 
     def forward(
         self,
@@ -225,11 +244,14 @@ class Attention(nn.Module):
         b, n, d = x.shape
         if self.is_cross:
             q = self._heads(self.q(x))
-            k, v = kv if kv is not None else self.project_kv(context)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
+            k, v = kv if kv is not None else self.project_kv(context)  # keys already normalised
         else:
             # chunk (not view + permute + unbind): its backward is a single concatenation of the
             # three gradients, instead of a stack plus a permuted copy.
             q, k, v = (self._heads(z) for z in self.qkv(x).chunk(3, dim=-1))
+            q, k = self.norm_qk(q, k)
         if bias is not None:
             bias = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -258,12 +280,13 @@ class TextRefiner(nn.Module):
     refiner is the identity and can be added to a trained model.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, norm_eps: float = 1e-6):
+    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, norm_eps: float = 1e-6,
+                 qk_norm: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleDict(dict(
                 norm1=nn.LayerNorm(hidden_size, eps=norm_eps),
-                attn=Attention(hidden_size, num_heads, zero_init_out=True),
+                attn=Attention(hidden_size, num_heads, zero_init_out=True, qk_norm=qk_norm, norm_eps=norm_eps),
                 norm2=nn.LayerNorm(hidden_size, eps=norm_eps),
                 mlp=Mlp(hidden_size, 4 * hidden_size),
             ))
@@ -312,20 +335,22 @@ class GenTronBlock(nn.Module):
         temporal: bool = False,
         norm_eps: float = 1e-6,
         temporal_pos_embed: bool = False,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.conditioning = conditioning
         self.temporal_pos_embed = bool(temporal and temporal_pos_embed)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn = Attention(hidden_size, num_heads)
+        qk = dict(qk_norm=qk_norm, norm_eps=norm_eps)
+        self.attn = Attention(hidden_size, num_heads, **qk)
         self.cross_attn = None
         if context_dim is not None:
             # The output projection starts at zero so a fresh cross-attention is an identity residual.
-            self.cross_attn = Attention(hidden_size, num_heads, context_dim=context_dim, zero_init_out=True)
+            self.cross_attn = Attention(hidden_size, num_heads, context_dim=context_dim, zero_init_out=True, **qk)
         self.temporal_attn = None
         if temporal:
             self.norm_temporal = nn.LayerNorm(hidden_size, eps=norm_eps)  # the "LN" of GenTron Eq. 4
-            self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True)
+            self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, **qk)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.mlp = Mlp(hidden_size, mlp_hidden_size)
         if conditioning == "adaln-single":
@@ -401,6 +426,7 @@ class GenTronBlock(nn.Module):
         pe_qk = F.linear(pe, attn.qkv.weight[: 2 * d].to(h.dtype))  # (T, 2D), no bias (already in qkv)
         qkv = torch.cat([qkv[..., : 2 * d] + pe_qk, qkv[..., 2 * d :]], dim=-1)
         q, k, v = qkv.view(m, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.norm_qk(q, k)
         if bias is not None:
             bias = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -480,6 +506,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_every: int = 1,
         temporal_pos_embed: bool = True,
         text_refiner_layers: int = 0,
+        qk_norm: bool = False,
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
@@ -515,7 +542,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             self.token_projections = nn.ModuleList(TokenProjection(d, hidden_size) for d in text_dims)
             if text_refiner_layers > 0:
                 self.text_refiners = nn.ModuleList(
-                    TextRefiner(hidden_size, num_heads, text_refiner_layers, norm_eps) for _ in text_dims
+                    TextRefiner(hidden_size, num_heads, text_refiner_layers, norm_eps, qk_norm) for _ in text_dims
                 )
         elif text_refiner_layers:
             raise ValueError(f"text_refiner_layers needs cross-attention; conditioning is {conditioning!r}")
@@ -544,6 +571,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 temporal=temporal_layers and i % temporal_every == 0,
                 norm_eps=norm_eps,
                 temporal_pos_embed=temporal_pos_embed,
+                qk_norm=qk_norm,
             )
             for i in range(depth)
         )

@@ -59,6 +59,7 @@ class DiffusionSection:
     timestep_sampling: str = "uniform"  # uniform (DiT) | logit_normal (SD3: t/T = sigmoid(N(logit_mean, logit_std)))
     logit_mean: float = 0.0  # > 0 spends more steps at high noise, where layout is decided
     logit_std: float = 1.0
+    multiscale_loss: list = field(default_factory=list)  # pooling factors, e.g. [8, 16]: adds the pooled residual's MSE
 
 
 @dataclass
