@@ -138,7 +138,7 @@ def test_interleaved_cross_attention_uses_encoder_i_mod_k():
         model(x, t, encoder_hidden_states=tok, pooled_projections=pooled)
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("qk_norm", ["none", "cross", "all"])
 def test_precomputed_text_kv_matches_forward(qk_norm):
     for mode in ("cross-attn", "adaln-single"):
         model = randomize(tiny(mode, qk_norm=qk_norm)).eval()
@@ -182,14 +182,20 @@ def test_qk_norm_makes_attention_weights_independent_of_key_scale(tmp_path):
         scaled, ref = attn(x, 10 * context), attn(x, context)
         assert torch.allclose(scaled, 10 * ref, atol=1e-4) == qk_norm
 
-    model = randomize(tiny("cross-attn", qk_norm=True))
-    assert {n for n, _ in model.named_parameters() if n.startswith("blocks.0.") and "_norm." in n} == {
-        f"blocks.0.{a}.{q}_norm.weight" for a in ("attn", "cross_attn") for q in "qk"}
+    def normed(model):
+        return {n for n, _ in model.named_parameters() if n.startswith("blocks.0.") and "_norm." in n}
+
+    assert normed(tiny("cross-attn", qk_norm="cross")) == {"blocks.0.cross_attn.q_norm.weight",
+                                                          "blocks.0.cross_attn.k_norm.weight"}
+    model = randomize(tiny("cross-attn", qk_norm="all", temporal_layers=True))
+    assert normed(model) == {f"blocks.0.{a}.{q}_norm.weight" for a in ("attn", "cross_attn", "temporal_attn") for q in "qk"}
     model.save_pretrained(tmp_path / "m")
     loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
-    assert loaded.config.qk_norm is True
-    x, t, tok, mask = inputs()
+    assert loaded.config.qk_norm == "all"
+    x, t, tok, mask = inputs(frames=2)
     torch.testing.assert_close(call(loaded, x, t, tok, mask), call(model, x, t, tok, mask))
+    with pytest.raises(ValueError, match="qk_norm must be one of"):
+        tiny("cross-attn", qk_norm=True)
 
 
 def test_text_refiner_starts_as_identity_and_sees_word_order(tmp_path):
@@ -285,7 +291,7 @@ def test_video_at_init_equals_image_model_frame_by_frame():
         torch.testing.assert_close(vid[:, :, f], img, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("qk_norm", ["none", "all"])
 def test_motion_free_mask_isolates_frames(qk_norm):
     model = randomize(tiny("cross-attn", temporal_layers=True, qk_norm=qk_norm)).eval()
     x, t, tok, mask = inputs(frames=4)

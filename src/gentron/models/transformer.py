@@ -39,6 +39,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 CONDITIONING_MODES = ("adaln-zero", "cross-attn", "adaln-single", "class")
+#: Where queries and keys are RMS-normalised (`Attention`): nowhere (GenTron, PixArt-α, DiT), in
+#: cross-attention only (text keys of any scale; free at the demo's size), or in every attention (SD3, Flux).
+QK_NORMS = ("none", "cross", "all")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,22 +338,23 @@ class GenTronBlock(nn.Module):
         temporal: bool = False,
         norm_eps: float = 1e-6,
         temporal_pos_embed: bool = False,
-        qk_norm: bool = False,
+        qk_norm: str = "none",
     ):
         super().__init__()
         self.conditioning = conditioning
         self.temporal_pos_embed = bool(temporal and temporal_pos_embed)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        qk = dict(qk_norm=qk_norm, norm_eps=norm_eps)
-        self.attn = Attention(hidden_size, num_heads, **qk)
+        every = dict(qk_norm=qk_norm == "all", norm_eps=norm_eps)
+        self.attn = Attention(hidden_size, num_heads, **every)
         self.cross_attn = None
         if context_dim is not None:
             # The output projection starts at zero so a fresh cross-attention is an identity residual.
-            self.cross_attn = Attention(hidden_size, num_heads, context_dim=context_dim, zero_init_out=True, **qk)
+            self.cross_attn = Attention(hidden_size, num_heads, context_dim=context_dim, zero_init_out=True,
+                                        qk_norm=qk_norm in ("cross", "all"), norm_eps=norm_eps)
         self.temporal_attn = None
         if temporal:
             self.norm_temporal = nn.LayerNorm(hidden_size, eps=norm_eps)  # the "LN" of GenTron Eq. 4
-            self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, **qk)
+            self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, **every)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.mlp = Mlp(hidden_size, mlp_hidden_size)
         if conditioning == "adaln-single":
@@ -506,7 +510,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_every: int = 1,
         temporal_pos_embed: bool = True,
         text_refiner_layers: int = 0,
-        qk_norm: bool = False,
+        qk_norm: str = "none",
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
@@ -516,6 +520,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
         if text_refiner_layers < 0:
             raise ValueError(f"text_refiner_layers must be >= 0, got {text_refiner_layers}")
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {qk_norm!r}")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2-D sin-cos positions), got {hidden_size}")
         if conditioning not in CONDITIONING_MODES:
@@ -542,7 +548,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             self.token_projections = nn.ModuleList(TokenProjection(d, hidden_size) for d in text_dims)
             if text_refiner_layers > 0:
                 self.text_refiners = nn.ModuleList(
-                    TextRefiner(hidden_size, num_heads, text_refiner_layers, norm_eps, qk_norm) for _ in text_dims
+                    TextRefiner(hidden_size, num_heads, text_refiner_layers, norm_eps, qk_norm == "all") for _ in text_dims
                 )
         elif text_refiner_layers:
             raise ValueError(f"text_refiner_layers needs cross-attention; conditioning is {conditioning!r}")
