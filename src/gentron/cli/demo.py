@@ -123,11 +123,11 @@ def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss
             + "".join(f"- {c}: {result['accuracy'][c]:.3f} < {result['targets'][c]}\n" for c in missed)
             + f"\nMeasured on 2 CPU cores ({result['steps']} steps here): shape rises with optimizer steps (0.17 at "
             "1.1k steps, 0.3-0.4 at 2.3-2.8k, 0.67 at 8.9k in `--minutes 60`), so a longer run or `--device cuda` "
-            "helps it. Spatial does not (0.10-0.19 at 2.3k-8.9k steps): at these budgets the model reads a caption "
+            "helps it. Spatial does not (0.08-0.21 at 1.8k-8.9k steps): at these budgets the model reads a caption "
             "as a bag of words (swapping the two objects or 'left'/'right' barely changes its prediction), and a bag "
             "of words cannot say which object is on the left. docs/demo-recipe.md has the diagnosis and the probes "
-            "(batch, data mix, timestep and loss weighting, learning rate, heads, object size, encoder layer, sampler, "
-            "guidance) that did not close the gap.\n"
+            "(batch, data mix, timestep and loss weighting, multiscale loss, learning rate, heads, qk-norm, object "
+            "size, encoder layer, text refiner, sampler, guidance) that did not close the gap.\n"
         )
     text = f"""# gentron demo report
 
