@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from gentron.cli.main import load_pipeline
-from gentron.data.shapes import BACKGROUND, COLORS, HELDOUT_SPATIAL, spatial_key
-
-PHRASES = {"to the left of": "left of", "to the right of": "right of", "above": "above", "below": "below"}
+from gentron.data.shapes import BACKGROUND, COLORS, HELDOUT_SPATIAL, RELATION_PHRASES, spatial_key
 
 
 def seen_both_ways(a: str, b: str, relation: str) -> bool:
@@ -41,7 +39,7 @@ def main(run: str, noises: int = 2) -> None:
     torch.set_num_threads(1)
     pipe = load_pipeline(run, "cpu", None)
     model = pipe.transformer.eval()
-    cases = [(a, phrase, b) for a, b in itertools.permutations(COLORS, 2) for phrase, rel in PHRASES.items()
+    cases = [(a, phrase, b) for a, b in itertools.permutations(COLORS, 2) for rel, phrase in RELATION_PHRASES.items()
              if seen_both_ways(a, b, rel)]
     e = pipe.text_encoders[0].encode([f"a {a} circle {phrase} a {b} square" for a, phrase, b in cases])
     g = torch.Generator().manual_seed(0)

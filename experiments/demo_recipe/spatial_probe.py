@@ -47,7 +47,7 @@ def main() -> None:
     result = {"name": args.name, "steps": args.steps, "sets": args.set}
     for split in ("train", "heldout"):
         rep = evaluate_shapes(pipe, split=split, n_per_category=args.num, guidance=4.0, categories=("spatial",))
-        rows = [p for p in rep["per_prompt"]]
+        rows = rep["per_prompt"]
         both = [p for p in rows if p["criteria"]["objects"]]
         right = [p for p in both if p["criteria"]["spatial"]]
         result[split] = {"spatial": rep["accuracy"]["spatial"], "both_drawn": len(both) / len(rows),

@@ -207,8 +207,9 @@ class Attention(nn.Module):
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else None
+        # Identity when off: no parameters, so checkpoints without the norm load unchanged.
+        self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.is_cross = context_dim is not None
         if self.is_cross:
             self.q = nn.Linear(dim, dim)
@@ -224,18 +225,9 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
-    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head RMSNorm of queries and keys (B, H, N, Dh) when ``qk_norm`` is on; identity otherwise."""
-        if self.q_norm is None:
-            return q, k
-        return self.q_norm(q), self.k_norm(k)
-
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv(context).chunk(2, dim=-1)
-        k = self._heads(k)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
-        return k, self._heads(v)
+        return self.k_norm(self._heads(k)), self._heads(v)
 
     def forward(
         self,
@@ -246,15 +238,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, n, d = x.shape
         if self.is_cross:
-            q = self._heads(self.q(x))
-            if self.q_norm is not None:
-                q = self.q_norm(q)
+            q = self.q_norm(self._heads(self.q(x)))
             k, v = kv if kv is not None else self.project_kv(context)  # keys already normalised
         else:
             # chunk (not view + permute + unbind): its backward is a single concatenation of the
             # three gradients, instead of a stack plus a permuted copy.
             q, k, v = (self._heads(z) for z in self.qkv(x).chunk(3, dim=-1))
-            q, k = self.norm_qk(q, k)
+            q, k = self.q_norm(q), self.k_norm(k)
         if bias is not None:
             bias = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -430,7 +420,7 @@ class GenTronBlock(nn.Module):
         pe_qk = F.linear(pe, attn.qkv.weight[: 2 * d].to(h.dtype))  # (T, 2D), no bias (already in qkv)
         qkv = torch.cat([qkv[..., : 2 * d] + pe_qk, qkv[..., 2 * d :]], dim=-1)
         q, k, v = qkv.view(m, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.norm_qk(q, k)
+        q, k = attn.q_norm(q), attn.k_norm(k)
         if bias is not None:
             bias = bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)

@@ -86,7 +86,7 @@ def diffusion_config(cfg: RunConfig) -> DiffusionConfig:
         timestep_sampling=d.timestep_sampling,
         logit_mean=d.logit_mean,
         logit_std=d.logit_std,
-        multiscale_loss=tuple(int(f) for f in d.multiscale_loss),
+        multiscale_loss=d.multiscale_loss,  # normalised to a tuple of ints by DiffusionConfig
     )
 
 
