@@ -173,3 +173,35 @@ def test_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(shapes_data, tm
     assert [d.name for d in ckpt.list_checkpoints(run)] == ["step_0000002"]
     good = ckpt.load_checkpoint(run / "checkpoints" / "step_0000002")
     assert all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_nonfinite_step_changes_nothing_and_is_counted(shapes_data, tmp_path):
+    """A skipped step leaves weights, Adam state and EMA exactly as they were (skipped on the device, no sync)."""
+    t = _trainer(shapes_data, tmp_path / "run", ["train.steps=10", "train.checkpoint_every=0"])
+    for _ in range(2):
+        t.train_step()
+
+    def snapshot():
+        opt = [(s["step"].clone(), s["exp_avg"].clone(), s["exp_avg_sq"].clone()) for s in t.optimizer.state.values()]
+        return ([p.detach().clone() for p in t.model.parameters()], opt, [s.clone() for s in t.ema.shadow])
+
+    before = snapshot()
+    losses = t.diffusion.training_losses
+
+    def poisoned(*args, **kwargs):
+        out = losses(*args, **kwargs)
+        out["loss"] = out["loss"] * float("inf")
+        return out
+
+    t.diffusion.training_losses = poisoned
+    t.train_step()
+    after = snapshot()
+    assert t.nonfinite_skips == 1 and t.nonfinite_in_a_row == 1 and t.step == 3
+    for a, b in zip(before[0] + before[2], after[0] + after[2]):
+        assert torch.equal(a, b)
+    for a, b in zip(before[1], after[1]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    t.diffusion.training_losses = losses
+    t.train_step()
+    assert t.nonfinite_skips == 1 and t.nonfinite_in_a_row == 0
+    assert any(not torch.equal(a, p) for a, p in zip(before[0], t.model.parameters()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -33,10 +35,17 @@ class EMA:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, skip: Optional[torch.Tensor] = None) -> None:
+        """One EMA step; ``skip`` (a 0-dim bool tensor, on the device) turns it into a no-op without a host sync.
+        The warm-up counter advances either way (a skipped step shifts the warm-up by one step)."""
         params = dict(model.named_parameters())
         live = [local(params[n].detach()).float() for n in self.names]
-        torch._foreach_lerp_([local(s) for s in self.shadow], live, 1.0 - self.current_decay())
+        shadow = [local(s) for s in self.shadow]
+        weight = 1.0 - self.current_decay()
+        if skip is None:
+            torch._foreach_lerp_(shadow, live, weight)
+        else:
+            torch._foreach_lerp_(shadow, live, (~skip).to(shadow[0].dtype) * weight)
         self.num_updates += 1
 
     @torch.no_grad()
