@@ -37,7 +37,7 @@ def run_arm(args, p: float, seed: int) -> dict:
     demo = Path(args.demo_out)
     sets = video_demo_overrides(demo, 0) + [
         f"video.init_from={demo / 'run'}", f"video.p_motion_free={p}", "train.max_minutes=0",
-        f"train.steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}"]
+        f"train.steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}"] + args.set
     cfg = load_config(demo / "run" / "config.yaml", sets)
     t0 = time.time()
     summary = Trainer(cfg, run_dir / "train", show_progress=False).fit()
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-num", type=int, default=24)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="runs/mfg")
+    ap.add_argument("--set", action="append", default=[], help="extra config override (repeatable), as gentron train")
     args = ap.parse_args(argv)
     results = [run_arm(args, p, s) for s in args.seeds for p in args.p_motion_free]
     keys = ("motion_direction", "temporal_consistency", "frame_color", "frame_shape")
