@@ -127,7 +127,8 @@ def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss
             "as a bag of words (swapping the two objects or 'left'/'right' barely changes its prediction), and a bag "
             "of words cannot say which object is on the left. docs/demo-recipe.md has the diagnosis and the probes "
             "(batch, data mix, timestep and loss weighting, multiscale loss, learning rate, heads, qk-norm, object "
-            "size, encoder layer, text refiner, sampler, guidance) that did not close the gap.\n"
+            "size, encoder layer, text refiner, a grounding loss on the cross-attention maps, sampler, guidance) "
+            "that did not close the gap.\n"
         )
     text = f"""# gentron demo report
 
