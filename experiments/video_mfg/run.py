@@ -9,7 +9,8 @@ Every arm is then evaluated on the same held-out moving-shapes prompts at each �
     python experiments/video_mfg/run.py --demo-out demo-out --steps 1000 --p-motion-free 0 0.5 \\
         --seeds 0 --out runs/mfg
 
-Results: ``OUT/p{P}/seed{S}/result.json`` (existing ones are skipped), and a markdown table on stdout.
+Results: ``OUT/p{P}/seed{S}/result.json`` (existing ones are skipped), and markdown tables on stdout: one row
+per arm and λ_M, then the mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -75,7 +76,27 @@ def main(argv=None) -> int:
         for lam, acc in r["accuracy_by_motion_guidance"].items():
             print(f"| {r['p_motion_free']:g} | {r['seed']} | {r['steps']} | {lam} | "
                   + " | ".join(f"{acc[k]:.3f}" for k in keys) + " |")
+    print_seed_means(results, keys)
     return 0
+
+
+def print_seed_means(results: list[dict], keys: tuple[str, ...]) -> None:
+    """Mean ± sample std over seeds for each (p_motion_free, λ_M)."""
+    import statistics
+
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for r in results:
+        for lam, acc in r["accuracy_by_motion_guidance"].items():
+            groups.setdefault((r["p_motion_free"], lam), []).append(acc)
+    print("\n| p_motion_free | λ_M | seeds | " + " | ".join(keys) + " |")
+    print("|---|---|---|" + "---|" * len(keys))
+    for (p, lam), accs in sorted(groups.items()):
+        cells = []
+        for k in keys:
+            v = [a[k] for a in accs]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            cells.append(f"{statistics.mean(v):.3f} ± {sd:.3f}")
+        print(f"| {p:g} | {lam} | {len(accs)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
