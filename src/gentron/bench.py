@@ -12,8 +12,8 @@ gentron mode     peer                                           weights
 
 and measures, interleaving the two models (A B A B …) so machine load hits both alike:
 
-* **train**: images/s of one optimisation step (forward, loss = mean(out²), backward, AdamW — fused on
-  CUDA), no host synchronisation inside the step;
+* **train**: images/s of one optimisation step (forward, loss = mean(out²), backward, fused AdamW
+  for both models, as the trainer uses), no host synchronisation inside the step;
 * **sample**: seconds per image of 20-step DPM-Solver++ with classifier-free guidance (batch 2). GenTron
   runs its own `GenTronPipeline` (text K/V computed once, both guidance branches in one batch); the
   peer runs the minimal diffusers PixArt / DiT denoising loop around its transformer (no pipeline
@@ -244,7 +244,7 @@ def autocast(device: torch.device, precision: str):
 
 def make_train_step(model: nn.Module, forward: Callable, inp: Inputs, device: torch.device, precision: str):
     """One optimisation step, as a closure; nothing in it waits for the device."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the trainer (CPU and CUDA)
     model.train()
 
     def step() -> None:
