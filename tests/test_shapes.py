@@ -126,10 +126,16 @@ def test_captions_mention_the_right_attributes():
             assert len(scene.objects) == 3 and len({o.color for o in scene.objects}) == 3
 
 
-def test_geometry_fits_and_never_overlaps():
-    world = ShapesWorld(seed=2)
+@pytest.mark.parametrize("layout_grid", [0, 3, 5])
+def test_geometry_fits_and_never_overlaps(layout_grid):
+    world = ShapesWorld(seed=2, layout_grid=layout_grid)
+    grid = set(np.linspace(0.25, 0.75, layout_grid).round(9)) if layout_grid else None
+    kinds = set()
     for i in range(500):
         scene = world.sample_scene(world.rng_for(i))
+        kinds.add(scene.kind)
+        if grid is not None:
+            assert all(round(o.cx, 9) in grid and round(o.cy, 9) in grid for o in scene.objects)
         for o in scene.objects:
             x0, y0, x1, y1 = o.bbox()
             assert 0 < x0 and 0 < y0 and x1 < 1 and y1 < 1
@@ -139,6 +145,22 @@ def test_geometry_fits_and_never_overlaps():
         if scene.relation is not None:
             i0, rel, j0 = scene.relation
             assert holds(scene.objects[i0], rel, scene.objects[j0])
+    assert kinds == set(KINDS)
+
+
+def test_layout_grid_keeps_the_splits_and_varies_positions():
+    world = ShapesWorld(seed=1, layout_grid=3)
+    centres = set()
+    for i in range(300):
+        train = world.sample_scene(world.rng_for(i, "train"), "train")
+        assert not train.heldout_combos()
+        centres |= {(o.cx, o.cy) for o in train.objects}
+        for kind in KINDS:
+            held = world.sample_scene(random.Random(i), "heldout", kind=kind)
+            assert held.heldout_combos()
+    assert len(centres) == 9  # every point of the 3 x 3 grid is used
+    with pytest.raises(ValueError, match="layout_grid"):
+        ShapesWorld(layout_grid=1)
 
 
 @pytest.mark.parametrize("resolution", [16, 32, 48, 64, 128])

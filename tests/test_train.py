@@ -48,6 +48,19 @@ def test_config_rejects_unknown_and_bad_values(tmp_path):
     assert cfg.train.steps == 7 and cfg.train.lr == 3e-4 and cfg.model.name == "GenTron-T/4"
 
 
+def test_shapes_data_of_another_layout_is_a_config_error(shapes_data, tmp_path):
+    """Reusing a generated folder whose layout_grid differs from the config would train the wrong recipe."""
+    base = [o for o in tiny_overrides(shapes_data) if not o.startswith("data.kind")] + ["data.kind=shapes"]
+    with pytest.raises(ConfigError, match="layout_grid=0.*data.layout_grid=3"):
+        Trainer(load_config(None, base + ["data.layout_grid=3"]), tmp_path / "r", log=lambda s: None)
+    with pytest.raises(ConfigError, match="data.layout_grid"):
+        load_config(None, ["data.layout_grid=1"])
+    fresh = tmp_path / "grid-data"  # missing: generated with the configured layout, then accepted as it is
+    overrides = [o.replace(str(shapes_data), str(fresh)) for o in base] + ["data.layout_grid=3", "data.num=16"]
+    Trainer(load_config(None, overrides), tmp_path / "r2", log=lambda s: None)
+    assert json.loads((fresh / "meta.json").read_text())["layout_grid"] == 3
+
+
 def test_diffusion_section_reaches_the_training_objective():
     from gentron.train.trainer import diffusion_config
 

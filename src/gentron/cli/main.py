@@ -74,12 +74,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.video:
         from gentron.data.shapes import write_shapes_video_dataset
 
+        if args.layout_grid:
+            print("error: --layout-grid is for still images; moving shapes need free positions", file=sys.stderr)
+            return 2
+
         out = write_shapes_video_dataset(Path(args.out), num=args.num, resolution=args.resolution, seed=args.seed,
                                          split=args.split, fmt=args.format)
         print(f"wrote {args.num} moving-shapes clips ({args.format}) with captions to {out}")
         return 0
     out = write_shapes_dataset(Path(args.out), num=args.num, resolution=args.resolution, seed=args.seed,
-                               split=args.split, video=args.video)
+                               split=args.split, layout_grid=args.layout_grid)
     print(f"wrote {args.num} {'clips' if args.video else 'images'} with captions to {out}")
     return 0
 
@@ -299,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resolution", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--split", default="train", choices=["train", "heldout"])
+    d.add_argument("--layout-grid", type=int, default=0, metavar="N",
+                   help="object centres on an N x N grid (0 = free placement; the demo uses 3)")
     d.add_argument("--video", action="store_true", help="moving-shapes clips (videos/ + captions.jsonl)")
     d.add_argument("--format", default="mp4", choices=["mp4", "gif", "webm"], help="video file type (--video)")
     d.set_defaults(func=cmd_data)

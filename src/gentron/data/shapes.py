@@ -83,6 +83,9 @@ BORDER = 0.04  # free space between an object's bounding square and the image ed
 GAP = 0.10  # free space between the bounding squares of two objects (≥ 3 px at 32 px)
 SPATIAL_MIN_SEPARATION = 0.35  # centre distance along the relation's axis in spatial scenes
 SPATIAL_MAX_SKEW = 0.5  # |offset across the axis| ≤ this × separation along it
+#: Span of a layout grid's centres (``ShapesWorld(layout_grid=N)``): N points per axis from LO to HI. 0.25/0.75
+#: keep a large object (radius 0.21) BORDER from the edge, and on a 3-point grid two objects two cells apart.
+GRID_LO, GRID_HI = 0.25, 0.75
 
 # ------------------------------------------------------------------------------------------------
 # Held-out combinations
@@ -356,13 +359,27 @@ def _apart(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool
     return max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= a[2] + b[2] + GAP
 
 
+def _relation_holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
+    """``a relation b`` as :meth:`ShapesWorld._place_pair` guarantees it: separated by at least
+    SPATIAL_MIN_SEPARATION along the relation's axis, with the offset across it at most SPATIAL_MAX_SKEW of that."""
+    along, across = (b.cx - a.cx, b.cy - a.cy) if relation in ("left of", "right of") else (b.cy - a.cy, b.cx - a.cx)
+    if relation in ("right of", "below"):
+        along = -along
+    return along >= SPATIAL_MIN_SEPARATION and abs(across) <= SPATIAL_MAX_SKEW * along
+
+
 class ShapesWorld:
     """Samples, captions and renders scenes; ``sample(index)`` is a pure function of (seed, index, split)."""
 
     def __init__(self, resolution: int = 32, seed: int = 0, kinds_weights: Optional[dict[str, float]] = None,
-                 background: tuple[int, int, int] = BACKGROUND):
+                 background: tuple[int, int, int] = BACKGROUND, layout_grid: int = 0):
+        """``layout_grid=N`` (N ≥ 2) snaps object centres to an N×N grid spanning [GRID_LO, GRID_HI]; 0 places them
+        freely. Fewer layouts per caption make the clean image at high noise less of a blur over positions,
+        which is where a two-object layout, and so "left of", is decided (docs/demo-recipe.md, seventh round)."""
         if resolution < 8:
             raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
+        if layout_grid == 1 or layout_grid < 0:
+            raise ValueError(f"layout_grid must be 0 (free placement) or at least 2 points per axis, got {layout_grid}")
         weights = dict(DEFAULT_KIND_WEIGHTS if kinds_weights is None else kinds_weights)
         unknown = set(weights) - set(KINDS)
         if unknown or not any(w > 0 for w in weights.values()) or any(w < 0 for w in weights.values()):
@@ -371,6 +388,7 @@ class ShapesWorld:
         self.seed = int(seed)
         self.kinds_weights = {k: float(w) for k, w in weights.items() if w > 0}
         self.background = tuple(int(c) for c in background)
+        self.layout_grid = int(layout_grid)
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -387,6 +405,8 @@ class ShapesWorld:
             raise ValueError(f"unknown scene kind {kind!r}; expected one of {KINDS}")
         for _ in range(1000):
             scene = propose(rng, split)
+            if scene is not None and self.layout_grid:
+                scene = self._snap_to_grid(scene)
             if scene is not None and self._allowed(scene, split):
                 return scene
         raise RuntimeError(f"could not sample a {kind} scene for split {split}")  # pragma: no cover
@@ -470,6 +490,23 @@ class ShapesWorld:
 
     # -- placement --------------------------------------------------------------------------------
 
+    def _snap_to_grid(self, scene: Scene) -> Optional[Scene]:
+        """The scene with every centre moved to the nearest grid point, or None where that breaks a placement
+        rule (objects too close, a stated relation no longer unambiguous); the caller then proposes again."""
+        step = (GRID_HI - GRID_LO) / (self.layout_grid - 1)
+
+        def snap(v: float) -> float:
+            return GRID_LO + step * min(self.layout_grid - 1, max(0, round((v - GRID_LO) / step)))
+
+        objs = [ShapeObject(o.color, o.shape, o.size, snap(o.cx), snap(o.cy), o.radius) for o in scene.objects]
+        boxes = [(o.cx, o.cy, o.radius) for o in objs]
+        if not all(_apart(a, b) for k, a in enumerate(boxes) for b in boxes[k + 1:]):
+            return None
+        if scene.relation is not None and not _relation_holds(objs[scene.relation[0]], scene.relation[1],
+                                                               objs[scene.relation[2]]):
+            return None
+        return Scene(objs, scene.relation, scene.kind)
+
     @staticmethod
     def _place_free(rng: random.Random, radii: list[float],
                     fixed: Optional[list[tuple[float, float, float]]] = None,
@@ -537,16 +574,16 @@ class ShapesWorld:
 
 def write_shapes_dataset(out_dir: Union[str, Path], num: int, resolution: int = 32, seed: int = 0,
                          split: str = "train", video: bool = False,
-                         kinds_weights: Optional[dict[str, float]] = None) -> Path:
+                         kinds_weights: Optional[dict[str, float]] = None, layout_grid: int = 0) -> Path:
     """Write ``images/NNNNNN.png``, ``captions.jsonl`` and ``meta.json`` — the folder-data-set format
     (:class:`gentron.data.folder.ImageCaptionFolder`), so training on generated data exercises the same
     code path as training on user data. ``captions.jsonl`` is written last (atomically), so its presence
     means the data set is complete."""
     if video:
         return write_shapes_video_dataset(out_dir, num, resolution=resolution, seed=seed, split=split)
-    world = ShapesWorld(resolution=resolution, seed=seed, kinds_weights=kinds_weights)
+    world = ShapesWorld(resolution=resolution, seed=seed, kinds_weights=kinds_weights, layout_grid=layout_grid)
     meta = {"generator": "gentron-shapes", "version": 1, "resolution": resolution, "seed": seed, "num": num,
-            "split": split, "kinds_weights": world.kinds_weights}
+            "split": split, "kinds_weights": world.kinds_weights, "layout_grid": world.layout_grid}
 
     def write_image(i: int, path: Path) -> tuple[str, dict]:
         image, caption, scene = world.sample(i, split)

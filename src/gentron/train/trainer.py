@@ -141,10 +141,28 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
 
         log(f"generating {cfg.data.num} shapes-world images at {cfg.model.resolution}px into {path} ...")
         write_shapes_dataset(path, num=cfg.data.num, resolution=cfg.model.resolution, seed=cfg.data.seed,
-                             kinds_weights=cfg.data.kinds_weights or None)
+                             kinds_weights=cfg.data.kinds_weights or None, layout_grid=cfg.data.layout_grid)
+    elif cfg.data.kind == "shapes":
+        check_shapes_data_matches(path, cfg)
     return ImageCaptionFolder(
         path, resolution=cfg.model.resolution, center_crop=cfg.data.center_crop, random_flip=cfg.data.random_flip
     )
+
+
+def check_shapes_data_matches(path: Path, cfg: RunConfig) -> None:
+    """Shapes data already on disk is reused only if it was generated with the run's layout: training on stale
+    data of another layout would silently measure the wrong recipe."""
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        return  # a hand-made folder in the shapes layout: nothing to compare
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{meta_path} is unreadable ({e}); delete {path} to regenerate it") from None
+    stored = int(meta.get("layout_grid", 0))  # data written before the option: free placement
+    if stored != cfg.data.layout_grid:
+        raise ConfigError(f"shapes data at {path} was generated with layout_grid={stored}, the config says "
+                          f"data.layout_grid={cfg.data.layout_grid}; delete the folder or point data.path elsewhere")
 
 
 def build_patch_size(cfg: RunConfig) -> int:
