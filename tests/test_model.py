@@ -303,3 +303,38 @@ def test_motion_free_mask_isolates_frames(qk_norm):
     for f in (0, 1, 3):
         torch.testing.assert_close(a[0, :, f], b[0, :, f])
         assert not torch.allclose(a[1, :, f], b[1, :, f])
+
+
+@pytest.mark.parametrize("mode", ["cross-attn", "adaln-single"])
+def test_pos_query_starts_as_the_plain_model_and_reads_position(mode, tmp_path):
+    """``pos_query`` adds W_pos·P to the cross-attention queries. W_pos is zero at init, so a plain model's
+    weights give the same output; once trained, the query depends on the patch position even where the
+    input is identical, and it survives save/load and the cached text K/V path."""
+    ref = randomize(tiny(mode)).eval()
+    model = tiny(mode, pos_query=True).eval()
+    missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
+    assert not unexpected and missing == [f"blocks.{i}.cross_attn.q_pos.weight" for i in range(len(model.blocks))]
+    assert all(torch.count_nonzero(b.cross_attn.q_pos.weight) == 0 for b in model.blocks)
+    x, t, tok, mask = inputs()
+    torch.testing.assert_close(call(model, x, t, tok, mask), call(ref, x, t, tok, mask))
+
+    attn = model.blocks[0].cross_attn
+    with torch.no_grad():
+        for b in model.blocks:
+            b.cross_attn.q_pos.weight.normal_(0, 0.2)
+    same = torch.zeros(1, 16, attn.q.in_features)  # 16 identical tokens at 16 positions
+    pos = model.pos_embed(4, 4, same.device)
+    q_plain, q_pos = attn.queries(same), attn.queries(same, pos)
+    assert torch.allclose(q_plain[:, :, :1], q_plain)  # no position: every token asks the same
+    assert not torch.allclose(q_pos[:, :, :1], q_pos)
+
+    out = call(model, x, t, tok, mask)
+    assert not torch.allclose(out, call(ref, x, t, tok, mask))
+    kv = model.precompute_text_kv(tok, mask)
+    torch.testing.assert_close(model(x, t, pooled_projections=tok.mean(1), added_cond_kwargs={"text_kv": kv}).sample, out)
+    model.save_pretrained(tmp_path / "m")
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.config.pos_query
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), out)
+    with pytest.raises(ValueError, match="pos_query needs cross-attention"):
+        tiny("adaln-zero", pos_query=True)

@@ -29,7 +29,7 @@ def main(run: str) -> None:
 
     def record(mod: Attention, args, kwargs, out) -> None:  # recompute the softmax SDPA does internally
         x, context, bias = args[0], kwargs.get("context", args[1] if len(args) > 1 else None), kwargs.get("bias")
-        q, (k, _) = mod.q_norm(mod._heads(mod.q(x))), mod.project_kv(context)
+        q, (k, _) = mod.queries(x, kwargs.get("pos")), mod.project_kv(context)
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + (0 if bias is None else bias)
         weights.append((logits.softmax(-1), logits, k))
 

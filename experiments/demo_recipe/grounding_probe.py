@@ -82,7 +82,7 @@ class CrossAttentionRecorder:
         if not torch.is_grad_enabled():
             return
         x, context = args[0], args[1]
-        q = mod.q_norm(mod._heads(mod.q(x)))
+        q = mod.queries(x, kwargs.get("pos"))
         k, _ = mod.project_kv(context)
         logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
         bias = kwargs.get("bias")

@@ -201,7 +201,7 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, context_dim: Optional[int] = None, zero_init_out: bool = False,
-                 qk_norm: bool = False, norm_eps: float = 1e-6):
+                 qk_norm: bool = False, norm_eps: float = 1e-6, pos_query: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
@@ -214,6 +214,9 @@ class Attention(nn.Module):
         if self.is_cross:
             self.q = nn.Linear(dim, dim)
             self.kv = nn.Linear(context_dim, 2 * dim)
+            if pos_query:  # see `queries`; zero at init
+                self.q_pos = nn.Linear(dim, dim, bias=False)
+                nn.init.zeros_(self.q_pos.weight)
         else:
             self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -225,6 +228,17 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
+    def queries(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Cross-attention queries (B, heads, N, head_dim): W_q x, plus W_pos P with the positional query.
+
+        Why the positional term: at high noise x is mostly noise, so W_q x barely knows where a patch is,
+        yet that is where a two-object layout is decided; W_pos P is a noise-free query from the sin-cos
+        position P alone (zero at init, so the model starts as it would without it)."""
+        q = self.q(x)
+        if pos is not None and hasattr(self, "q_pos"):
+            q = q + self.q_pos(pos.to(q.dtype))
+        return self.q_norm(self._heads(q))
+
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv(context).chunk(2, dim=-1)
         return self.k_norm(self._heads(k)), self._heads(v)
@@ -235,10 +249,11 @@ class Attention(nn.Module):
         context: Optional[torch.Tensor] = None,
         bias: Optional[torch.Tensor] = None,
         kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        pos: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         b, n, d = x.shape
         if self.is_cross:
-            q = self.q_norm(self._heads(self.q(x)))
+            q = self.queries(x, pos)
             k, v = kv if kv is not None else self.project_kv(context)  # keys already normalised
         else:
             # chunk (not view + permute + unbind): its backward is a single concatenation of the
@@ -329,6 +344,7 @@ class GenTronBlock(nn.Module):
         norm_eps: float = 1e-6,
         temporal_pos_embed: bool = False,
         qk_norm: str = "none",
+        pos_query: bool = False,
     ):
         super().__init__()
         self.conditioning = conditioning
@@ -340,7 +356,7 @@ class GenTronBlock(nn.Module):
         if context_dim is not None:
             # The output projection starts at zero so a fresh cross-attention is an identity residual.
             self.cross_attn = Attention(hidden_size, num_heads, context_dim=context_dim, zero_init_out=True,
-                                        qk_norm=qk_norm in ("cross", "all"), norm_eps=norm_eps)
+                                        qk_norm=qk_norm in ("cross", "all"), norm_eps=norm_eps, pos_query=pos_query)
         self.temporal_attn = None
         if temporal:
             self.norm_temporal = nn.LayerNorm(hidden_size, eps=norm_eps)  # the "LN" of GenTron Eq. 4
@@ -377,12 +393,13 @@ class GenTronBlock(nn.Module):
         context_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         num_frames: int = 1,
         temporal_bias: Optional[torch.Tensor] = None,
+        pos: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         if self.cross_attn is not None:
             # PixArt-α applies cross-attention to the un-normalised residual stream.
-            x = x + self.cross_attn(x, context, bias=context_bias, kv=context_kv)
+            x = x + self.cross_attn(x, context, bias=context_bias, kv=context_kv, pos=pos)
         if self.temporal_attn is not None and num_frames > 1:
             x = x + self.temporal_residual(x, num_frames, temporal_bias)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -501,6 +518,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_pos_embed: bool = True,
         text_refiner_layers: int = 0,
         qk_norm: str = "none",
+        pos_query: bool = False,
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
@@ -542,6 +560,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 )
         elif text_refiner_layers:
             raise ValueError(f"text_refiner_layers needs cross-attention; conditioning is {conditioning!r}")
+        if pos_query and not uses_cross:
+            raise ValueError(f"pos_query needs cross-attention; conditioning is {conditioning!r}")
         if pooled_dims:
             # GenTron: pooled text of every encoder is added to the time embedding.
             self.pooled_projections = nn.ModuleList(
@@ -568,6 +588,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 norm_eps=norm_eps,
                 temporal_pos_embed=temporal_pos_embed,
                 qk_norm=qk_norm,
+                pos_query=pos_query,
             )
             for i in range(depth)
         )
@@ -736,7 +757,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"model expects {cfg.in_channels} input channels, got {c}")
         grid_h, grid_w = h // p, w // p
         dtype = self.x_embedder.weight.dtype
-        x = self.x_embedder(x.to(dtype)).flatten(2).transpose(1, 2) + self.pos_embed(grid_h, grid_w, x.device).to(dtype)
+        pos = self.pos_embed(grid_h, grid_w, x.device).to(dtype)
+        x = self.x_embedder(x.to(dtype)).flatten(2).transpose(1, 2) + pos
 
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=x.device)
@@ -765,7 +787,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 kv = text_kv["kv"][i]
                 if video and num_frames > 1:
                     kv = tuple(z.repeat_interleave(num_frames, 0) for z in kv)
-            args = (x, cond, contexts[e], biases[e], kv, num_frames, temporal_bias)
+            args = (x, cond, contexts[e], biases[e], kv, num_frames, temporal_bias, pos)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
@@ -803,6 +825,8 @@ def _zero_init_params(module: nn.Module) -> list[nn.Parameter]:
         for attn in (module.cross_attn, module.temporal_attn):
             if attn is not None:
                 params += list(attn.proj.parameters())
+        if module.cross_attn is not None and hasattr(module.cross_attn, "q_pos"):
+            params.append(module.cross_attn.q_pos.weight)
     if isinstance(module, FinalLayer):
         params += list(module.linear.parameters())
     if isinstance(module, TextRefiner):
