@@ -233,20 +233,29 @@ def video_run(tmp_path_factory):
     from gentron.train.config import load_config
     from gentron.train.trainer import Trainer
 
+    """A trained T2I run (``tmp/t2i``) and a factory of fresh T2V trainers initialised from it."""
     tmp = tmp_path_factory.mktemp("t2v")
     quiet = dict(log=lambda s: None, show_progress=False)
     Trainer(load_config(None, _overrides(tmp)), tmp / "t2i", **quiet).fit()
     cfg = load_config(None, _overrides(tmp) + [
         "model.temporal_layers=true", "video.num_frames=4", f"video.path={tmp / 'vid'}", "video.num=8",
         "video.p_motion_free=0.5", f"video.init_from={tmp / 't2i'}"])
-    trainer = Trainer(cfg, tmp / "t2v", **quiet)
-    return tmp, trainer
+    return tmp, lambda name: Trainer(cfg, tmp / name, **quiet)
+
+
+@pytest.fixture(scope="module")
+def trained_t2v(video_run):
+    """A finished T2V run dir of its own, so tests that sample it do not depend on test order."""
+    tmp, make_trainer = video_run
+    make_trainer("t2v-trained").fit()
+    return tmp / "t2v-trained"
 
 
 def test_t2v_training_init_from_and_joint_batches(video_run):
     from safetensors.torch import load_file
 
-    tmp, trainer = video_run
+    tmp, make_trainer = video_run
+    trainer = make_trainer("t2v")
     t2i = load_file(tmp / "t2i" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
     own = trainer.model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in t2i.items())  # every shared weight loaded
@@ -267,11 +276,11 @@ def test_t2v_training_init_from_and_joint_batches(video_run):
     assert summary["steps"] == 1 and (tmp / "t2v" / "pipeline" / "model_index.json").is_file()
 
 
-def test_cli_sample_video_and_eval_video(video_run, tmp_path, capsys):
+def test_cli_sample_video_and_eval_video(video_run, trained_t2v, tmp_path, capsys):
     from gentron.cli.main import main
 
     tmp, _ = video_run
-    model = str(tmp / "t2v")
+    model = str(trained_t2v)
     for name in ("clip.mp4", "clip.gif", "grid.png"):
         assert main(["sample", "--model", model, "--prompt", "a red circle moving to the right", "--frames", "4",
                      "--motion-guidance", "1.2", "--steps", "2", "--out", str(tmp_path / name)]) == 0
@@ -283,6 +292,14 @@ def test_cli_sample_video_and_eval_video(video_run, tmp_path, capsys):
     assert set(report["accuracy"]) == {"motion_direction", "temporal_consistency", "frame_color", "frame_shape",
                                        "overall"}
     assert "motion direction accuracy" in capsys.readouterr().out
+    cb = tmp_path / "cb"
+    assert main(["eval", "compbench", "--video", "--model", model, "--num", "1", "--steps", "1", "--frames", "4",
+                 "--motion-guidance", "1.2", "--bootstrap", "10", "--no-validate", "--out", str(cb)]) == 0
+    rep = json.loads((cb / "report.json").read_text())
+    assert rep["num_frames"] == 4 and rep["motion_guidance"] == 1.2
+    assert set(rep["results"]) == {"motion_direction", "temporal_consistency"} and len(rep["per_image"]) == 2
+    assert main(["eval", "compbench", "--video", "--model", str(tmp / "t2i"), "--num", "1",
+                 "--out", str(cb)]) == 2  # image model: a message, not a traceback
     assert main(["sample", "--model", str(tmp / "t2i"), "--prompt", "x", "--frames", "4",
                  "--out", str(tmp_path / "x.mp4")]) == 2  # image model: a message, not a traceback
 

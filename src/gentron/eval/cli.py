@@ -67,6 +67,8 @@ def cmd_compbench(args: argparse.Namespace) -> int:
     from gentron.eval import compbench as cb
 
     m = _main()
+    if args.video:
+        return _cmd_video_compbench(cb, m, args)
     categories = args.categories or list(cb.COMPBENCH_CATEGORIES)
     if args.export_suites:
         files = cb.export_suites(Path(args.export_suites), categories, args.num, args.suite_seed)
@@ -92,6 +94,46 @@ def cmd_compbench(args: argparse.Namespace) -> int:
             report = _run_cb(cb, sample_fn, categories, args, meta)
     else:
         report = _run_cb(cb, sample_fn, categories, args, meta)
+    paths = cb.write_compbench_report(report, Path(args.out))
+    print(cb.format_markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_video_compbench(cb, m, args: argparse.Namespace) -> int:
+    """``compbench --video``: motion direction and temporal consistency of a T2V model (or an oracle)."""
+    if bool(args.model) == bool(args.oracle):
+        raise m.UserError("give exactly one of --model DIR or --oracle {clean,wrong}")
+    if args.categories or args.export_suites or args.oracle == "noisy":
+        raise m.UserError("--video scores both video categories on clips: --categories, --export-suites and "
+                          "--oracle noisy are for the image benchmark")
+    if args.oracle:
+        wrong = "motion_direction" if args.oracle == "wrong" else None
+        clip_fn = cb.oracle_clip_sampler(args.splits, args.num, args.suite_seed, args.resolution, args.frames, wrong)
+        meta, resolution, ctx = {"model": f"oracle ({args.oracle} ground-truth clips)"}, args.resolution, None
+    else:
+        from gentron.eval.video_eval import sample_clips
+
+        pipe = m.load_pipeline(args.model, args.device, args.sampler)
+        if not getattr(pipe.transformer.config, "temporal_layers", False):
+            raise m.UserError(f"{args.model} is an image model (no temporal layers); --video needs a T2V model")
+
+        def clip_fn(prompts: list[str], seeds: list[int]):
+            return sample_clips(pipe, prompts, seeds, args.steps, args.guidance, args.motion_guidance, args.frames,
+                                args.batch_size)
+
+        meta = {"model": str(args.model), "sampler": type(pipe.scheduler).__name__, "steps": args.steps,
+                "guidance": args.guidance, "motion_guidance": args.motion_guidance}
+        resolution, ctx = pipe.transformer.config.sample_size, m.autocast_for(str(pipe.device))
+    run = lambda: cb.run_video_compbench(  # noqa: E731
+        clip_fn, splits=args.splits, n=args.num, clips_per_prompt=args.images_per_prompt, seed=args.seed,
+        suite_seed=args.suite_seed, bootstrap=args.bootstrap, num_frames=args.frames, resolution=resolution,
+        validate=not args.no_validate, meta=meta)
+    if ctx is not None:
+        with ctx:
+            report = run()
+    else:
+        report = run()
     paths = cb.write_compbench_report(report, Path(args.out))
     print(cb.format_markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -263,6 +305,10 @@ def add_eval_parsers(esub) -> None:
     e.add_argument("--resolution", type=int, default=32, help="render size for --oracle")
     e.add_argument("--no-validate", action="store_true", help="skip the judge validation section")
     e.add_argument("--export-suites", metavar="DIR", help="also write the prompt suites as text files + suites.json")
+    e.add_argument("--video", action="store_true",
+                   help="the video categories (motion direction, temporal consistency) of a T2V model")
+    e.add_argument("--frames", type=int, default=8, help="frames per clip (--video)")
+    e.add_argument("--motion-guidance", type=float, default=1.0, help="λ_M, GenTron Eq. 6 (--video)")
     e.set_defaults(func=cmd_compbench)
 
     e = esub.add_parser("fid", help="FID (local Inception weights) or shapes-FID (self-trained features)")

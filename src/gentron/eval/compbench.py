@@ -1,9 +1,9 @@
 """Shapes-CompBench: a compositional benchmark for the shapes world, modelled on T2I-CompBench.
 
 Categories (:data:`gentron.eval.prompts.COMPBENCH_CATEGORIES`): colour binding, shape binding, size,
-counting, spatial relations and complex (three objects with mixed attributes). Video categories (motion
-direction, temporal consistency) are listed in :data:`gentron.eval.prompts.VIDEO_CATEGORIES` and belong to
-``gentron.eval.video_eval``; this module only reserves their names in reports.
+counting, spatial relations and complex (three objects with mixed attributes). The video categories
+(:data:`gentron.eval.prompts.VIDEO_CATEGORIES`: motion direction, temporal consistency) are a second report of
+the same form, :func:`run_video_compbench`, scored by :mod:`gentron.eval.video_eval`'s clip judge.
 
 What makes the numbers trustworthy:
 
@@ -103,9 +103,14 @@ def build_suites(categories: Sequence[str] = COMPBENCH_CATEGORIES, splits: Seque
     return {(cat, split): eval_suite(cat, split=split, n=n, seed=suite_seed) for cat in categories for split in splits}
 
 
+#: Seed blocks of :func:`noise_seed`: the image categories, then one block shared by the video suites (every
+#: video category is scored on the same clips).
+SEED_BLOCKS: tuple[str, ...] = COMPBENCH_CATEGORIES + ("video",)
+
+
 def noise_seed(seed: int, category: str, split: str, prompt_index: int, image_index: int) -> int:
     """Initial-noise seed of one image: a pure function of its coordinates in the benchmark."""
-    c = COMPBENCH_CATEGORIES.index(category)
+    c = SEED_BLOCKS.index(category)
     s = ("train", "heldout").index(split)
     if not (0 <= prompt_index < 5000 and 0 <= image_index < 100):
         raise ValueError("at most 5000 prompts per suite and 100 images per prompt")
@@ -115,7 +120,7 @@ def noise_seed(seed: int, category: str, split: str, prompt_index: int, image_in
 def decode_noise_seed(value: int) -> tuple[str, str, int, int]:
     """(category, split, prompt_index, image_index) of a :func:`noise_seed` value."""
     rem = int(value) % 10_000_000
-    return (COMPBENCH_CATEGORIES[rem // 1_000_000], ("train", "heldout")[(rem % 1_000_000) // 500_000],
+    return (SEED_BLOCKS[rem // 1_000_000], ("train", "heldout")[(rem % 1_000_000) // 500_000],
             (rem % 500_000) // 100, rem % 100)
 
 
@@ -298,7 +303,7 @@ def run_compbench(
     report: dict[str, Any] = {
         "benchmark": "shapes-compbench", "suite_version": SUITE_VERSION, "suite_seed": suite_seed,
         "categories": list(categories), "splits": list(splits), "split_names": SPLIT_NAMES,
-        "video_categories": {c: "not evaluated here: see gentron.eval.video_eval" for c in VIDEO_CATEGORIES},
+        "video_categories": {c: "a separate report: gentron eval compbench --video" for c in VIDEO_CATEGORIES},
         "prompts_per_suite": n, "images_per_prompt": images_per_prompt, "seed": seed,
         "bootstrap_resamples": bootstrap, "resolution": resolution, "results": results,
         "overall": {split: float(np.mean([results[c][split]["accuracy"] for c in categories])) for split in splits},
@@ -310,6 +315,171 @@ def run_compbench(
     report["per_image"] = per_image
     report["_images"] = images
     return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Video suites: motion direction and temporal consistency
+# ------------------------------------------------------------------------------------------------
+
+#: ``clip_fn(prompts, seeds) -> clips``: one clip (a list of frames) per (prompt, seed) pair.
+ClipFn = Callable[[list[str], list[int]], list[list[Image.Image]]]
+
+
+def video_suite_fingerprint(prompts: Sequence[Any]) -> str:
+    """Short SHA-256 of a video suite's prompts and ground-truth objects and motions."""
+    import hashlib
+
+    blob = json.dumps([[p.prompt, [list(o) for o in p.objects]] for p in prompts])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def wrong_clip(prompt: Any, category: str, resolution: int = 32, num_frames: int = 8) -> list[Image.Image]:
+    """A clip that contradicts the prompt in the category only: for ``motion_direction`` the true clip played
+    backwards (every object moves the opposite way, colours and shapes right); for ``temporal_consistency``
+    the true clip whose objects change shape half-way (each frame on its own is a correct render of its
+    objects' colours and motions)."""
+    from gentron.eval.video_eval import ground_truth_clips
+
+    (clip,) = ground_truth_clips([prompt], resolution, num_frames)
+    if category == "motion_direction":
+        return clip[::-1]
+    if category == "temporal_consistency":
+        changed = copy.deepcopy(prompt)
+        for o in changed.scene.objects:
+            o.shape = SHAPES[(SHAPES.index(o.shape) + 1) % len(SHAPES)]
+        (other,) = ground_truth_clips([changed], resolution, num_frames)
+        return clip[: num_frames // 2] + other[num_frames // 2 :]
+    raise ValueError(f"unknown video category {category!r}; expected one of {VIDEO_CATEGORIES}")
+
+
+def validate_video_judge(n: int = 48, resolution: int = 32, num_frames: int = 8,
+                         suite_seed: int = 1234) -> dict[str, dict[str, float]]:
+    """Per video category (both splits pooled): the clip judge's accuracy on ground-truth clips of the
+    suites' prompts (``correct_clean``, near 1 for a trustworthy judge) and its pass rate on
+    :func:`wrong_clip` clips (``wrong_clean``, near 0)."""
+    from gentron.eval.video_eval import ground_truth_clips, score_clip, video_eval_suite
+
+    prompts = [p for split in ("train", "heldout") for p in video_eval_suite(split, n // 2, suite_seed, resolution)]
+    truth = ground_truth_clips(prompts, resolution, num_frames)
+    out = {}
+    for cat in VIDEO_CATEGORIES:
+        good = [score_clip(p, c)[cat] for p, c in zip(prompts, truth)]
+        bad = [score_clip(p, wrong_clip(p, cat, resolution, num_frames))[cat] for p in prompts]
+        out[cat] = {"correct_clean": float(np.mean(good)), "wrong_clean": float(np.mean(bad))}
+    return out
+
+
+def video_chance_level(prompts: Sequence[Any], category: str, resolution: int = 32, num_frames: int = 8,
+                       clips: int = 32, seed: int = 0) -> float:
+    """Accuracy of a text-blind video model: each prompt scored against ground-truth clips of random
+    *training* moving-shapes scenes (the same pool for every prompt)."""
+    from gentron.data.shapes import ShapesVideoWorld, describe_video
+    from gentron.eval.video_eval import VideoPrompt, ground_truth_clips, score_detections
+
+    world = ShapesVideoWorld(resolution=resolution, seed=seed)
+    pool_prompts = []
+    for i in range(clips):
+        vs = world.sample_scene(random.Random(f"compbench-video-chance:{seed}:{i}"), "train")
+        pool_prompts.append(VideoPrompt(describe_video(vs), [], vs.kind, vs))
+    pool = [[detect(f) for f in clip] for clip in ground_truth_clips(pool_prompts, resolution, num_frames)]
+    return float(np.mean([score_detections(p, dets)[category] for p in prompts for dets in pool]))
+
+
+def run_video_compbench(
+    clip_fn: ClipFn,
+    splits: Sequence[str] = ("train", "heldout"),
+    n: int = 32,
+    clips_per_prompt: int = 1,
+    seed: int = 0,
+    suite_seed: int = 1234,
+    bootstrap: int = 1000,
+    num_frames: int = 8,
+    resolution: int = 32,
+    validate: bool = True,
+    meta: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """The video half of Shapes-CompBench: motion direction and temporal consistency on seen and held-out
+    moving-shapes suites, with bootstrap CIs, text-blind chance and judge validation, in the same report
+    form as :func:`run_compbench` (so :func:`format_markdown` and :func:`write_compbench_report` serve both).
+    The per-frame image metrics of :mod:`gentron.eval.video_eval` are kept as ``diagnostics``."""
+    from gentron.eval.video_eval import score_clip, video_eval_suite
+
+    t0 = time.time()
+    suites = {split: video_eval_suite(split, n, suite_seed, resolution) for split in splits}
+    jobs = [(split, i, k, p) for split, prompts in suites.items() for i, p in enumerate(prompts)
+            for k in range(clips_per_prompt)]
+    seeds = [noise_seed(seed, "video", split, i, k) for split, i, k, _ in jobs]
+    clips = clip_fn([j[3].prompt for j in jobs], seeds)
+    if len(clips) != len(jobs):
+        raise RuntimeError(f"sampler returned {len(clips)} clips for {len(jobs)} prompts")
+    per_image: list[dict[str, Any]] = []
+    hits: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for (split, i, k, p), clip, s in zip(jobs, clips, seeds):
+        sc = score_clip(p, clip)
+        for metric in VIDEO_CATEGORIES + ("frame_color", "frame_shape"):
+            hits.setdefault((metric, split), {}).setdefault(i, []).append(float(sc[metric]))
+        per_image.append({"category": "video", "split": split, "prompt_index": i, "image_index": k,
+                          "prompt": p.prompt, "seed": s, "correct": bool(sc["motion_direction"]),
+                          "criteria": {c: bool(sc[c]) for c in VIDEO_CATEGORIES}, "moves": sc["moves"],
+                          "frame_color": sc["frame_color"], "frame_shape": sc["frame_shape"]})
+    results: dict[str, dict[str, Any]] = {}
+    for cat in VIDEO_CATEGORIES:
+        for split, prompts in suites.items():
+            per_prompt = [float(np.mean(hits[(cat, split)][i])) for i in range(len(prompts))]
+            lo, hi = bootstrap_ci(per_prompt, bootstrap, seed=hash_seed(cat, split))
+            results.setdefault(cat, {})[split] = {
+                "accuracy": float(np.mean(per_prompt)), "ci95": [lo, hi], "prompts": len(prompts),
+                "images": len(prompts) * clips_per_prompt,
+                "chance": video_chance_level(prompts, cat, resolution, num_frames),
+                "suite_fingerprint": video_suite_fingerprint(prompts),
+            }
+    diagnostics = {m: {split: float(np.mean([np.mean(v) for v in hits[(m, split)].values()])) for split in splits}
+                   for m in ("frame_color", "frame_shape")}
+    report: dict[str, Any] = {
+        "benchmark": "shapes-compbench-video", "suite_version": SUITE_VERSION, "suite_seed": suite_seed,
+        "categories": list(VIDEO_CATEGORIES), "splits": list(splits), "split_names": SPLIT_NAMES,
+        "prompts_per_suite": n, "images_per_prompt": clips_per_prompt, "seed": seed, "num_frames": num_frames,
+        "bootstrap_resamples": bootstrap, "resolution": resolution, "results": results,
+        "overall": {split: float(np.mean([results[c][split]["accuracy"] for c in VIDEO_CATEGORIES]))
+                    for split in splits},
+        "diagnostics": diagnostics, **(meta or {}),
+    }
+    if validate:
+        report["judge_validation"] = validate_video_judge(48, resolution, num_frames, suite_seed)
+    report["seconds"] = round(time.time() - t0, 1)
+    report["per_image"] = per_image
+    # Sample grids show each clip as a strip of its frames.
+    report["_images"] = [_frame_strip(c) for c in clips]
+    return report
+
+
+def _frame_strip(frames: Sequence[Image.Image]) -> Image.Image:
+    w, h = frames[0].size
+    strip = Image.new("RGB", (w * len(frames), h))
+    for k, f in enumerate(frames):
+        strip.paste(f, (k * w, 0))
+    return strip
+
+
+def oracle_clip_sampler(splits: Sequence[str], n: int, suite_seed: int = 1234, resolution: int = 32,
+                        num_frames: int = 8, wrong: Optional[str] = None) -> ClipFn:
+    """Ground-truth clips of the video suites' prompts, or with ``wrong=CATEGORY`` :func:`wrong_clip` clips:
+    the video benchmark's upper bound / a negative control (``gentron eval compbench --video --oracle``)."""
+    from gentron.eval.video_eval import ground_truth_clips, video_eval_suite
+
+    suites = {split: video_eval_suite(split, n, suite_seed, resolution) for split in splits}
+
+    def sample(prompts: list[str], seeds: list[int]) -> list[list[Image.Image]]:
+        out = []
+        for text, s in zip(prompts, seeds):
+            _, split, i, _ = decode_noise_seed(s)
+            p = suites[split][i]
+            assert p.prompt == text
+            out.append(wrong_clip(p, wrong, resolution, num_frames) if wrong
+                       else ground_truth_clips([p], resolution, num_frames)[0])
+        return out
+
+    return sample
 
 
 def hash_seed(*parts: str) -> int:
@@ -326,8 +496,9 @@ def hash_seed(*parts: str) -> int:
 
 def format_markdown(report: dict[str, Any]) -> str:
     splits = report["splits"]
-    lines = [f"# Shapes-CompBench report ({report['suite_version']})", ""]
-    for key in ("model", "sampler", "steps", "guidance"):
+    video = report["benchmark"] == "shapes-compbench-video"
+    lines = [f"# Shapes-CompBench {'video ' if video else ''}report ({report['suite_version']})", ""]
+    for key in ("model", "sampler", "steps", "guidance", "motion_guidance", "num_frames"):
         if key in report:
             lines.append(f"- {key}: `{report[key]}`")
     lines += [f"- prompts per suite: {report['prompts_per_suite']}, images per prompt: {report['images_per_prompt']}, "
@@ -342,24 +513,32 @@ def format_markdown(report: dict[str, Any]) -> str:
             cells += [f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", f"{r['chance']:.3f}"]
         lines.append(f"| {cat} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{report['overall'][s]:.3f}** | " for s in splits) + " |")
-    lines += ["", "Video categories (" + ", ".join(report.get("video_categories", {})) + "): not part of this "
-              "report; see `gentron.eval.video_eval`.", ""]
+    if video:
+        lines += ["", "Per-frame diagnostics (fraction of frames with every prompt colour / every prompt object "
+                  "in colour and shape): " + "; ".join(
+                      f"{m} " + ", ".join(f"{SPLIT_NAMES[s]} {v[s]:.3f}" for s in splits)
+                      for m, v in report["diagnostics"].items()), ""]
+    else:
+        lines += ["", "Video categories (" + ", ".join(report.get("video_categories", {})) + "): a separate report, "
+                  "`gentron eval compbench --video`.", ""]
     if "judge_validation" in report:
         lines += ["## Judge validation", "",
                   "Ground-truth renders of the benchmark prompts must pass; renders that contradict the prompt's "
                   "category attribute must fail. *degraded* = colour jitter + blur + noise.", "",
                   "| category | correct, clean | correct, degraded | wrong, clean | wrong, degraded |",
                   "|---|---|---|---|---|"]
-        for cat, v in report["judge_validation"].items():
-            lines.append(f"| {cat} | {v['correct_clean']:.3f} | {v['correct_degraded']:.3f} | "
-                         f"{v['wrong_clean']:.3f} | {v['wrong_degraded']:.3f} |")
+        for cat, v in report["judge_validation"].items():  # video clips have no degraded variant: "—"
+            cells = [f"{v[k]:.3f}" if k in v else "—"
+                     for k in ("correct_clean", "correct_degraded", "wrong_clean", "wrong_degraded")]
+            lines.append(f"| {cat} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def write_compbench_report(report: dict[str, Any], out_dir: Path, grid_per_suite: int = 8) -> dict[str, Path]:
     """``report.json``, ``report.md`` and one sample grid per split (``samples-{split}.png``; rows are
-    categories, ``+``/``-`` marks the judge's verdict) in ``out_dir``."""
+    categories, or clips as frame strips for the video report; ``+``/``-`` marks the judge's verdict, of motion
+    direction for clips) in ``out_dir``."""
     from gentron.pipelines import make_grid
 
     out_dir = Path(out_dir)
@@ -371,7 +550,7 @@ def write_compbench_report(report: dict[str, Any], out_dir: Path, grid_per_suite
     if images:
         for split in report["splits"]:
             picks, caps = [], []
-            for cat in report["categories"]:
+            for cat in dict.fromkeys(r["category"] for r in report["per_image"]):  # image categories, or "video"
                 idx = [i for i, r in enumerate(report["per_image"])
                        if r["category"] == cat and r["split"] == split and r["image_index"] == 0][:grid_per_suite]
                 picks += [images[i] for i in idx]
@@ -379,8 +558,9 @@ def write_compbench_report(report: dict[str, Any], out_dir: Path, grid_per_suite
                          for i in idx]
             if picks:
                 path = out_dir / f"samples-{split}.png"
-                make_grid(picks, captions=caps, cols=grid_per_suite,
-                          scale=max(1, 160 // picks[0].size[0])).save(path)
+                w, h = picks[0].size  # frame strips of a video report are T frames wide
+                make_grid(picks, captions=caps, cols=max(1, grid_per_suite * h // w),
+                          scale=max(1, 160 // h)).save(path)
                 paths[f"grid_{split}"] = path
     return paths
 

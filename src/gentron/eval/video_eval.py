@@ -63,8 +63,13 @@ def direction_of(dx: float, dy: float) -> Optional[str]:
 
 
 def score_clip(prompt: VideoPrompt, frames: Sequence[Image.Image]) -> dict[str, Any]:
-    dets = [detect(f) for f in frames]
-    t = len(frames)
+    return score_detections(prompt, [detect(f) for f in frames])
+
+
+def score_detections(prompt: VideoPrompt, dets: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """:func:`score_clip` on a clip's per-frame detections (so one clip's detections can be scored against
+    many prompts, as the chance level does)."""
+    t = len(dets)
     motion_ok, consistent = True, True
     color_hits, frame_hits = np.ones(t, dtype=bool), np.ones(t, dtype=bool)
     moves = []
@@ -146,25 +151,34 @@ def evaluate_video_shapes(pipe, split: str = "heldout", n: int = 32, steps: int 
                           motion_guidance: float = 1.0, num_frames: int = 8, seed: int = 0, batch_size: int = 16,
                           progress: bool = False) -> dict[str, Any]:
     """Sample ``n`` moving-shapes prompts with a T2V pipeline and score the clips."""
-    cfg = pipe.transformer.config
-    prompts = video_eval_suite(split, n, resolution=cfg.sample_size)
-    clips: list[list[Image.Image]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        latents = torch.stack([
-            torch.randn((cfg.in_channels, num_frames, cfg.sample_size, cfg.sample_size),
-                        generator=torch.Generator().manual_seed(seed + start + i))
-            for i in range(len(chunk))
-        ])
-        out = pipe([p.prompt for p in chunk], num_inference_steps=steps, guidance_scale=guidance, latents=latents,
-                   num_frames=num_frames, motion_guidance_scale=motion_guidance, progress=progress)
-        clips.extend(out.images)
+    prompts = video_eval_suite(split, n, resolution=pipe.transformer.config.sample_size)
+    clips = sample_clips(pipe, [p.prompt for p in prompts], [seed + i for i in range(len(prompts))], steps, guidance,
+                         motion_guidance, num_frames, batch_size, progress)
     report = summarize(prompts, clips)
     report.update(split=split, steps=steps, guidance=guidance, motion_guidance=motion_guidance,
                   num_frames=num_frames, seed=seed, chance={"motion_direction": chance_motion()},
                   sampler=type(pipe.scheduler).__name__)
     report["_clips"] = clips
     return report
+
+
+def sample_clips(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, guidance: float = 4.5,
+                 motion_guidance: float = 1.0, num_frames: int = 8, batch_size: int = 16,
+                 progress: bool = False) -> list[list[Image.Image]]:
+    """One clip per (prompt, seed); clip ``i`` starts from the noise of ``seeds[i]`` whatever the batch size."""
+    cfg = pipe.transformer.config
+    clips: list[list[Image.Image]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        latents = torch.stack([
+            torch.randn((cfg.in_channels, num_frames, cfg.sample_size, cfg.sample_size),
+                        generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds[start : start + batch_size]
+        ])
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
+                   num_frames=num_frames, motion_guidance_scale=motion_guidance, progress=progress)
+        clips.extend(out.images)
+    return clips
 
 
 def format_video_table(report: dict[str, Any]) -> str:
