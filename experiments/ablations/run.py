@@ -7,8 +7,9 @@ Studies (GenTron Table 2 / Fig. 4, scaled down):
 * ``text`` — MiniLM (frozen, pretrained) vs scratch (trainable, random init) vs both interleaved
   (GenTron's interleaved cross-attention: block i attends to encoder i mod 2), cross-attn;
 * ``size`` — three model sizes at equal steps (depth/width 2/64, 4/128, 6/256; patch 4), cross-attn, MiniLM;
-* ``mfg`` — T2V motion-free guidance: not implemented here yet (needs the video data + eval under way in
-  gentron.eval.video_eval); the script says so and exits.
+* T2V motion-free guidance (MFG off vs on, p_motion_free and λ_M sweeps) is its own script,
+  ``experiments/video_mfg/run.py``: it fine-tunes a demo's image model on moving shapes; ``--study mfg`` here
+  only points there.
 
 Equal training compute per arm = the same number of optimizer steps at the same batch size (the same
 number of training images). ``--minutes`` is only a safety cap per run; a run that hits it is flagged
@@ -17,10 +18,10 @@ number of training images). ``--minutes`` is only a safety cap per run; a run th
 Results go to ``OUT/{study}/{arm}/seed{S}/result.json`` (existing results are skipped, so the script
 resumes); ``summarize.py`` turns them into the tables of docs/results.md.
 
-Example (what docs/results.md reports)::
+Example (what docs/results.md reports; ``memory.py`` adds each arm's training memory)::
 
-    nice -n 19 python experiments/ablations/run.py --study conditioning --seeds 0 1 2 --steps 400 \\
-        --out runs/ablations --eval-num 12
+    OMP_NUM_THREADS=1 python experiments/ablations/run.py --study conditioning --seeds 0 1 2 --steps 1000 \\
+        --threads 1 --out runs/ablations --eval-num 16
 """
 
 from __future__ import annotations
@@ -158,9 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="re-run arms that already have a result")
     args = p.parse_args(argv)
     if args.study == "mfg":
-        print("mfg (T2V motion-free guidance) is not part of these ablations yet: it needs the shapes-world video "
-              "data and gentron.eval.video_eval (in progress). Nothing was run.")
-        return 0
+        print("mfg (T2V motion-free guidance) has its own script: python experiments/video_mfg/run.py --help "
+              "(it fine-tunes a `gentron demo` image model on moving shapes). Nothing was run.")
+        return 2
     arms = args.arms or list(STUDIES[args.study])
     for seed in args.seeds:  # seed-major: an interrupted sweep still has every arm at the first seeds
         for arm in arms:
