@@ -125,10 +125,13 @@ def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss
             "1.1k steps, 0.3-0.4 at 2.3-2.8k, 0.67 at 8.9k in `--minutes 60`), so a longer run or `--device cuda` "
             "helps it. Spatial does not (0.08-0.21 at 1.8k-8.9k steps): at these budgets the model reads a caption "
             "as a bag of words (swapping the two objects or 'left'/'right' barely changes its prediction), and a bag "
-            "of words cannot say which object is on the left. docs/demo-recipe.md has the diagnosis and the probes "
-            "(batch, data mix, timestep and loss weighting, multiscale loss, learning rate, heads, qk-norm, object "
-            "size, encoder layer, text refiner, a grounding loss on the cross-attention maps, sampler, guidance) "
-            "that did not close the gap.\n"
+            "of words cannot say which object is on the left. A layout is decided at t/T > 0.93, which gets 7 % of "
+            "the training batches; trained only there, 800 batches bring the model to a bag of words and not yet "
+            "to the arrangement, so binding needs at least an order of magnitude more steps than this budget. "
+            "docs/demo-recipe.md has the diagnosis and the probes (batch, data mix, timestep and loss weighting, "
+            "multiscale loss, learning rate, heads, qk-norm, positional queries, a layout grid, object size, encoder "
+            "layer, text refiner, a grounding loss on the cross-attention maps, sampler, guidance) that did not "
+            "close the gap.\n"
         )
     text = f"""# gentron demo report
 
