@@ -292,14 +292,9 @@ def run_compbench(
                           "detected": [d.describe() for d in dets]})
     results: dict[str, dict[str, Any]] = {}
     for (cat, split), prompts in suites.items():
-        per_prompt = [float(np.mean(per_prompt_hits[(cat, split)][i])) for i in range(len(prompts))]
-        lo, hi = bootstrap_ci(per_prompt, bootstrap, seed=hash_seed(cat, split))
-        results.setdefault(cat, {})[split] = {
-            "accuracy": float(np.mean(per_prompt)), "ci95": [lo, hi], "prompts": len(prompts),
-            "images": len(prompts) * images_per_prompt,
-            "chance": chance_level(prompts, resolution, chance_images),
-            "suite_fingerprint": suite_fingerprint(prompts),
-        }
+        results.setdefault(cat, {})[split] = suite_result(
+            per_prompt_hits[(cat, split)], cat, split, images_per_prompt, bootstrap,
+            chance_level(prompts, resolution, chance_images), suite_fingerprint(prompts))
     report: dict[str, Any] = {
         "benchmark": "shapes-compbench", "suite_version": SUITE_VERSION, "suite_seed": suite_seed,
         "categories": list(categories), "splits": list(splits), "split_names": SPLIT_NAMES,
@@ -425,14 +420,9 @@ def run_video_compbench(
     results: dict[str, dict[str, Any]] = {}
     for cat in VIDEO_CATEGORIES:
         for split, prompts in suites.items():
-            per_prompt = [float(np.mean(hits[(cat, split)][i])) for i in range(len(prompts))]
-            lo, hi = bootstrap_ci(per_prompt, bootstrap, seed=hash_seed(cat, split))
-            results.setdefault(cat, {})[split] = {
-                "accuracy": float(np.mean(per_prompt)), "ci95": [lo, hi], "prompts": len(prompts),
-                "images": len(prompts) * clips_per_prompt,
-                "chance": video_chance_level(prompts, cat, resolution, num_frames),
-                "suite_fingerprint": video_suite_fingerprint(prompts),
-            }
+            results.setdefault(cat, {})[split] = suite_result(
+                hits[(cat, split)], cat, split, clips_per_prompt, bootstrap,
+                video_chance_level(prompts, cat, resolution, num_frames), video_suite_fingerprint(prompts))
     diagnostics = {m: {split: float(np.mean([np.mean(v) for v in hits[(m, split)].values()])) for split in splits}
                    for m in ("frame_color", "frame_shape")}
     report: dict[str, Any] = {
@@ -480,6 +470,16 @@ def oracle_clip_sampler(splits: Sequence[str], n: int, suite_seed: int = 1234, r
         return out
 
     return sample
+
+
+def suite_result(hits: dict[int, list], category: str, split: str, per_prompt: int, bootstrap: int, chance: float,
+                 fingerprint: str) -> dict[str, Any]:
+    """One (category, split) cell of a report from ``hits[prompt_index] = [verdict per image]``: images of a
+    prompt are averaged first, then the mean over prompts with its bootstrap interval."""
+    rates = [float(np.mean(hits[i])) for i in sorted(hits)]
+    lo, hi = bootstrap_ci(rates, bootstrap, seed=hash_seed(category, split))
+    return {"accuracy": float(np.mean(rates)), "ci95": [lo, hi], "prompts": len(rates),
+            "images": len(rates) * per_prompt, "chance": chance, "suite_fingerprint": fingerprint}
 
 
 def hash_seed(*parts: str) -> int:
