@@ -8,6 +8,7 @@ from local paths; nothing is downloaded. Documented in docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -83,16 +84,13 @@ def cmd_compbench(args: argparse.Namespace) -> int:
         sample_fn = cb.oracle_sampler(suites, args.resolution, wrong=args.oracle == "wrong",
                                       noisy=args.oracle == "noisy")
         meta = {"model": f"oracle ({args.oracle} ground-truth renders)"}
-        ctx = None
+        ctx = contextlib.nullcontext()
     else:
         pipe = m.load_pipeline(args.model, args.device, args.sampler)
         sample_fn = cb.pipeline_sampler(pipe, args.steps, args.guidance, args.batch_size)
         meta.update(model=str(args.model), sampler=type(pipe.scheduler).__name__)
         ctx = m.autocast_for(str(pipe.device))
-    if ctx is not None:
-        with ctx:
-            report = _run_cb(cb, sample_fn, categories, args, meta)
-    else:
+    with ctx:
         report = _run_cb(cb, sample_fn, categories, args, meta)
     paths = cb.write_compbench_report(report, Path(args.out))
     print(cb.format_markdown(report))
@@ -110,7 +108,8 @@ def _cmd_video_compbench(cb, m, args: argparse.Namespace) -> int:
     if args.oracle:
         wrong = "motion_direction" if args.oracle == "wrong" else None
         clip_fn = cb.oracle_clip_sampler(args.splits, args.num, args.suite_seed, args.resolution, args.frames, wrong)
-        meta, resolution, ctx = {"model": f"oracle ({args.oracle} ground-truth clips)"}, args.resolution, None
+        meta, resolution = {"model": f"oracle ({args.oracle} ground-truth clips)"}, args.resolution
+        ctx = contextlib.nullcontext()
     else:
         from gentron.eval.video_eval import sample_clips
 
@@ -125,15 +124,11 @@ def _cmd_video_compbench(cb, m, args: argparse.Namespace) -> int:
         meta = {"model": str(args.model), "sampler": type(pipe.scheduler).__name__, "steps": args.steps,
                 "guidance": args.guidance, "motion_guidance": args.motion_guidance}
         resolution, ctx = pipe.transformer.config.sample_size, m.autocast_for(str(pipe.device))
-    run = lambda: cb.run_video_compbench(  # noqa: E731
-        clip_fn, splits=args.splits, n=args.num, clips_per_prompt=args.images_per_prompt, seed=args.seed,
-        suite_seed=args.suite_seed, bootstrap=args.bootstrap, num_frames=args.frames, resolution=resolution,
-        validate=not args.no_validate, meta=meta)
-    if ctx is not None:
-        with ctx:
-            report = run()
-    else:
-        report = run()
+    with ctx:
+        report = cb.run_video_compbench(
+            clip_fn, splits=args.splits, n=args.num, clips_per_prompt=args.images_per_prompt, seed=args.seed,
+            suite_seed=args.suite_seed, bootstrap=args.bootstrap, num_frames=args.frames, resolution=resolution,
+            validate=not args.no_validate, meta=meta)
     paths = cb.write_compbench_report(report, Path(args.out))
     print(cb.format_markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
