@@ -338,3 +338,60 @@ def test_pos_query_starts_as_the_plain_model_and_reads_position(mode, tmp_path):
     torch.testing.assert_close(call(loaded, x, t, tok, mask), out)
     with pytest.raises(ValueError, match="pos_query needs cross-attention"):
         tiny("adaln-zero", pos_query=True)
+
+
+@pytest.mark.parametrize("mode", ["cross-attn", "adaln-single"])
+def test_text_whitening_is_identity_until_fitted_then_whitens(mode, tmp_path):
+    """``text_whitening`` puts a fixed (x − μ)·W before the token projection. Unfitted it is the identity (a plain
+    model's weights give the same output); fitted on a badly conditioned token sample, the whitened tokens have
+    unit covariance in every direction the sample spans; the statistics survive save/load and the text K/V cache."""
+    ref = randomize(tiny(mode)).eval()
+    model = tiny(mode, text_whitening=True, text_whitening_shrinkage=1e-6).eval()
+    missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
+    assert not unexpected
+    assert sorted(missing) == ["token_projections.0.feature_mean", "token_projections.0.feature_whitening",
+                               "token_projections.0.whitening_fitted"]
+    x, t, tok, mask = inputs()
+    torch.testing.assert_close(call(model, x, t, tok, mask), call(ref, x, t, tok, mask))
+    assert not model.text_whitening_fitted()
+
+    g = torch.Generator().manual_seed(3)
+    scales = torch.logspace(0, -2, TEXT_DIM)  # variances from 1 to 1e-4: a frozen encoder's conditioning
+    sample = torch.randn(400, 5, TEXT_DIM, generator=g) * scales + 3.0
+    sample_mask = torch.ones(400, 5, dtype=torch.bool)
+    sample_mask[:, 4] = False
+    sample[:, 4] = 1e3  # padding: must not enter the statistics
+    model.fit_text_whitening(0, sample, sample_mask)
+    assert model.text_whitening_fitted()
+    proj = model.token_projections[0]
+    white = (sample[sample_mask] - proj.feature_mean) @ proj.feature_whitening
+    torch.testing.assert_close(torch.cov(white.T), torch.eye(TEXT_DIM), atol=0.05, rtol=0)
+    torch.testing.assert_close(white.mean(0), torch.zeros(TEXT_DIM), atol=1e-4, rtol=0)
+
+    out = call(model, x, t, tok, mask)
+    assert not torch.allclose(out, call(ref, x, t, tok, mask))
+    pooled = tok.mean(1) if mode == "cross-attn" else None
+    kv = model.precompute_text_kv(tok, mask)
+    torch.testing.assert_close(model(x, t, pooled_projections=pooled, added_cond_kwargs={"text_kv": kv}).sample, out)
+    model.save_pretrained(tmp_path / "m")
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.text_whitening_fitted()
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), out)
+
+    # The whitening runs in fp32 under bf16 autocast (it amplifies the directions rounding would blur), and the
+    # FLOP counter (meta tensors) still goes through it.
+    seen = []
+    hook = proj.fc1.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        proj(tok)
+    hook.remove()
+    assert seen[0].dtype == torch.float32
+    torch.testing.assert_close(seen[0], (tok - proj.feature_mean) @ proj.feature_whitening, rtol=0, atol=0)
+    from gentron.train.trainer import training_flops_per_sample
+
+    assert training_flops_per_sample(model, [tok.shape[1]]) > 0
+
+    with pytest.raises(ValueError, match="text_whitening needs cross-attention"):
+        tiny("adaln-zero", text_whitening=True)
+    with pytest.raises(ValueError, match="built with text_whitening=False"):
+        ref.fit_text_whitening(0, sample, sample_mask)

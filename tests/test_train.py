@@ -202,6 +202,44 @@ def test_trainable_scratch_text_encoder_trains_and_resumes(shapes_data, tmp_path
         assert torch.equal(a, b)
 
 
+def test_text_whitening_is_fitted_on_the_training_captions_once(shapes_data, tmp_path):
+    """A text_whitening model is fitted on the frozen encoder's tokens of the training captions (preloaded bank or
+    streamed captions alike), exported with the weights, and kept, not refitted, on resume."""
+    extra = ["model.overrides={text_whitening: true}", "train.steps=2", "train.checkpoint_every=2"]
+    t = make_trainer(shapes_data, tmp_path / "run", extra)
+    proj = t.model.token_projections[0]
+    assert t.model.text_whitening_fitted()
+    bank = t.banks[0]
+    raw = bank.tokens[bank.mask]
+    top_raw = torch.linalg.eigvalsh(torch.cov(raw.T.double())).flip(0)[:50]
+    top_white = torch.linalg.eigvalsh(torch.cov(((raw - proj.feature_mean) @ proj.feature_whitening).T.double()))
+    top_white = top_white.flip(0)[:50]
+    assert top_raw[0] / top_raw[-1] > 50  # MiniLM's 50 leading directions span almost two orders of magnitude ...
+    assert 0.9 < top_white.min() and top_white.max() < 1.05  # ... whitened, they are all unit
+    t.fit()
+    pipe_model = load_pipeline_model(tmp_path / "run")
+    torch.testing.assert_close(pipe_model.token_projections[0].feature_whitening, proj.feature_whitening)
+
+    streamed = make_trainer(shapes_data, tmp_path / "streamed", extra + ["data.preload=false"])
+    assert streamed.banks == [None]
+    torch.testing.assert_close(streamed.model.token_projections[0].feature_whitening, proj.feature_whitening,
+                               atol=1e-4, rtol=1e-3)  # same distinct captions, encoded live
+
+    with torch.no_grad():
+        proj.feature_whitening.mul_(2)  # make "refitted" visible: resume must load, not refit
+    t.save_checkpoint()
+    resumed = make_trainer(shapes_data, tmp_path / "run", extra[:-1] + ["train.steps=4"], resume="auto")
+    torch.testing.assert_close(resumed.model.token_projections[0].feature_whitening, proj.feature_whitening)
+    with pytest.raises(ConfigError, match="text_whitening needs frozen text encoders"):
+        make_trainer(shapes_data, tmp_path / "scratch", extra + ["text.encoders=[{kind: scratch, max_length: 24}]"])
+
+
+def load_pipeline_model(run_dir):
+    from gentron.cli.main import load_pipeline
+
+    return load_pipeline(str(run_dir), "cpu", None).transformer
+
+
 # -- pipeline -----------------------------------------------------------------------------------
 
 

@@ -388,6 +388,47 @@ class Trainer:
         self._stop_requested = False
         if resume:
             self._resume(resume)
+        self.fit_text_whitening()
+
+    def fit_text_whitening(self, captions: Optional[Sequence[str]] = None, max_captions: int = 4096) -> None:
+        """``text_whitening`` models: fit each encoder's fixed token whitening on the training captions, once.
+
+        A fresh model is fitted here; a resumed run or a T2V model initialised from a fitted T2I model keeps
+        the statistics it loaded (they are buffers in its weights), so the model never sees its inputs change.
+        ``captions`` refits on those instead, before training: a curriculum whose first stage sees only part
+        of the caption kinds (the demo's relations stage) must whiten for all of them, or the words it has not
+        seen land in directions the whitening blows up."""
+        model = self.model
+        if not getattr(model.config, "text_whitening", False):
+            if captions is not None:
+                raise ConfigError("fit_text_whitening(captions=...) needs model.overrides.text_whitening=true")
+            return
+        if captions is None and model.text_whitening_fitted():
+            return
+        for k, enc in enumerate(self.text_encoders):
+            if enc.trainable:
+                raise ConfigError("model.overrides.text_whitening needs frozen text encoders; "
+                                  f"encoder {k} ({enc.kind}) is trained with the model")
+            # The distinct training captions and the empty prompt (caption dropout feeds it to the model too).
+            bank = self.banks[k]
+            if captions is None and bank is not None:  # the bank holds every distinct caption, "" first
+                pick = torch.linspace(0, len(bank.tokens) - 1, min(len(bank.tokens), max_captions)).long()
+                tokens, mask = bank.tokens[pick.to(bank.tokens.device)], bank.mask[pick.to(bank.mask.device)]
+            elif captions is None and self.cache is not None:
+                rows = [self.cache[int(i)][f"text{k}"]
+                        for i in torch.linspace(0, len(self.cache) - 1, min(len(self.cache), max_captions)).long()]
+                empty = enc.encode([""])
+                tokens = torch.cat([empty.tokens.float().cpu(), torch.stack([r[0] for r in rows]).float()])
+                mask = torch.cat([empty.mask.cpu(), torch.stack([r[1] for r in rows]).bool()])
+            else:
+                distinct = sorted(set(self.dataset.captions if captions is None else captions) - {""})
+                pick = torch.linspace(0, len(distinct) - 1, min(len(distinct), max_captions)).long()
+                chosen = [""] + [distinct[int(i)] for i in pick]
+                embs = [enc.encode(chosen[i:i + 256]) for i in range(0, len(chosen), 256)]
+                tokens, mask = torch.cat([e.tokens.float() for e in embs]), torch.cat([e.mask for e in embs])
+            model.fit_text_whitening(k, tokens, mask)
+            self.log(f"text whitening of encoder {k} ({enc.kind}) fitted on {int(mask.sum())} tokens of "
+                     f"{len(tokens)} captions (shrinkage {model.config.text_whitening_shrinkage:g})")
 
     # -- state ---------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
