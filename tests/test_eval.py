@@ -414,3 +414,34 @@ def test_demo_report_uses_the_budgets_targets(tmp_path):
         for cat in missed:
             assert f"- {cat}: {acc[cat]:.3f} < {targets[cat]}" in text
         assert ("| spatial | 0.750 | 0.100 | 0.85 | **not met** (target 0.85) |" in text) == (minutes == 60)
+
+
+def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monkeypatch):
+    """`gentron demo` stage 1 sees only two-object scenes; stage 2 resumes its checkpoint (step, weights, the text
+    whitening fitted on the full mix's captions) on the full mix, and the report records both stages."""
+    import gentron.eval.shapes_eval as shapes_eval
+    from gentron.cli import demo
+    from gentron.data.shapes import load_scenes
+    from gentron.pipelines import GenTronPipeline
+    from gentron.train.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(demo, "RELATIONS_DATA", ["data.kinds_weights={spatial: 1.0}", "data.num=48"])
+    evaluate = shapes_eval.evaluate_shapes
+    monkeypatch.setattr(shapes_eval, "evaluate_shapes", lambda pipe, **k: evaluate(pipe, **{**k, "n_per_category": 1}))
+    sets = ["model.resolution=16", "data.num=64", "train.steps=5", "train.log_every=1", "train.precision=fp32",
+            "model.overrides={hidden_size: 32, num_heads: 2, mlp_hidden_size: 64, depth: 2, text_whitening: true}",
+            "sample.steps=2", "sample.prompts=[a red circle]"]
+    result = demo.run_demo(tmp_path, minutes=3, device="cpu", overrides=sets, relations_steps=3)
+
+    assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data-relations")} == {"spatial"}
+    assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data")} == {"single", "count", "spatial", "complex"}
+    assert result["stages"]["relations"]["steps"] == 3 and result["stages"]["mix"]["steps"] == result["steps"] == 5
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 5]  # resumed at the relations stage's step
+    first = load_checkpoint(tmp_path / "relations" / "checkpoints" / "step_0000003")["model"]
+    proj = "token_projections.0."
+    whitening = first[proj + "feature_whitening"]
+    assert bool(first[proj + "whitening_fitted"]) and not torch.allclose(whitening, torch.eye(len(whitening)))
+    final = GenTronPipeline.from_pretrained(str(tmp_path / "run" / "pipeline")).transformer.token_projections[0]
+    assert torch.equal(final.feature_whitening, whitening)  # fitted once, carried through the resume
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "loss.png").is_file()

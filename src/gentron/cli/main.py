@@ -273,7 +273,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_video_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set,
                        init_from=args.init_from)
         return 0
-    run_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set)
+    run_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set,
+             relations_steps=args.relations_steps)
     return 0
 
 
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=None, help="training budget (default: the recipe's)")
     s.add_argument("--device", default="auto")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    s.add_argument("--relations-steps", type=int, default=None, metavar="N",
+                   help="steps of the first, two-object-scenes-only stage (default 1000; 0 = one stage on the full mix)")
     s.add_argument("--video", action="store_true",
                    help="T2V demo: continue the image demo in --out (run first if missing) as a T2V model on moving "
                         "shapes; --minutes is then this stage's budget (default 15)")
