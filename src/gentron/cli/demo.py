@@ -27,8 +27,8 @@ def recipe_path() -> Path:
 
 # The demo's curriculum (PixArt-α's "training-strategy decomposition", applied to relations): a first stage on
 # two-object scenes only, where the model learns which object goes where, then the full mix. On the mix from the
-# start the demo model stays a bag of words for 4000+ steps; after ~1000 relation-only steps it binds, and keeps
-# binding through the mixed stage (docs/demo-recipe.md, eighth round).
+# start the demo model stays a bag of words for 4000+ steps; with whitened text tokens it binds after 1250-1500
+# relation-only steps, and keeps binding through the mixed stage (docs/demo-recipe.md, eighth round).
 RELATIONS_STEPS = 1500
 RELATIONS_SHARE = 0.7  # at most this share of the training time goes to the relations stage (slow machines)
 RELATIONS_DATA = ["data.kinds_weights={spatial: 1.0}", "data.num=6000"]
