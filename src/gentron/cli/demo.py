@@ -227,7 +227,7 @@ seen in training), {report['sampler']} {report['steps']} steps, guidance {report
 
 ## Training loss
 
-![loss]({loss_png.name})
+![loss]({loss_png.name}){' (dotted line: the full-mix stage starts)' if 'relations' in result.get('stages', {}) else ''}
 """
     path.write_text(text)
 
