@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     s.add_argument("--relations-steps", type=int, default=None, metavar="N",
-                   help="steps of the first, two-object-scenes-only stage (default 1000; 0 = one stage on the full mix)")
+                   help="steps of the first stage, on two-object scenes only (default 1500; 0 = one stage on the full mix)")
     s.add_argument("--video", action="store_true",
                    help="T2V demo: continue the image demo in --out (run first if missing) as a T2V model on moving "
                         "shapes; --minutes is then this stage's budget (default 15)")
