@@ -83,11 +83,10 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     stages = []
     resume = None
     if relations_steps > 0:
-        mixed_captions = prepare_dataset(cfg).captions  # the whitening must cover the mixed stage's words too
         cfg_rel = load_config(recipe_path(), sets + relations_overrides(out, relations_steps))
-        trainer = Trainer(cfg_rel, out / "relations")
-        if cfg_rel.model.overrides.get("text_whitening"):
-            trainer.fit_text_whitening(captions=mixed_captions)
+        # the whitening must cover the mixed stage's words too, so it is fitted on the mixed data's captions
+        mixed_captions = prepare_dataset(cfg).captions if cfg_rel.model.overrides.get("text_whitening") else None
+        trainer = Trainer(cfg_rel, out / "relations", whitening_captions=mixed_captions)
         trainer.cfg.train.max_minutes = max(0.25, RELATIONS_SHARE * minutes_left())
         trainer.start_time = time.time()
         print(f"gentron demo: stage 1 (relations): up to {relations_steps} steps on two-object scenes, "

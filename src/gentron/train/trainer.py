@@ -281,6 +281,7 @@ class Trainer:
         resume: Optional[str] = None,
         log: Callable[[str], None] = print,
         show_progress: bool = True,
+        whitening_captions: Optional[Sequence[str]] = None,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -388,22 +389,22 @@ class Trainer:
         self._stop_requested = False
         if resume:
             self._resume(resume)
-        self.fit_text_whitening()
+        self.fit_text_whitening(whitening_captions)
 
     def fit_text_whitening(self, captions: Optional[Sequence[str]] = None, max_captions: int = 4096) -> None:
-        """``text_whitening`` models: fit each encoder's fixed token whitening on the training captions, once.
+        """``text_whitening`` models: fit each encoder's fixed token whitening once, before training, on the
+        training captions or on ``captions`` (the constructor's ``whitening_captions``).
 
-        A fresh model is fitted here; a resumed run or a T2V model initialised from a fitted T2I model keeps
-        the statistics it loaded (they are buffers in its weights), so the model never sees its inputs change.
-        ``captions`` refits on those instead, before training: a curriculum whose first stage sees only part
-        of the caption kinds (the demo's relations stage) must whiten for all of them, or the words it has not
-        seen land in directions the whitening blows up."""
+        A resumed run or a T2V model initialised from a fitted T2I model keeps the statistics it loaded (they are
+        buffers in its weights), so the model never sees its inputs change. ``captions`` is for a curriculum whose
+        first stage sees only part of the caption kinds (the demo's relations stage): it must whiten for all of
+        them, or the words it has not seen land in directions the whitening blows up."""
         model = self.model
         if not getattr(model.config, "text_whitening", False):
             if captions is not None:
-                raise ConfigError("fit_text_whitening(captions=...) needs model.overrides.text_whitening=true")
+                raise ConfigError("whitening captions need model.overrides.text_whitening=true")
             return
-        if captions is None and model.text_whitening_fitted():
+        if model.text_whitening_fitted():
             return
         for k, enc in enumerate(self.text_encoders):
             if enc.trainable:
@@ -423,9 +424,8 @@ class Trainer:
             else:
                 distinct = sorted(set(self.dataset.captions if captions is None else captions) - {""})
                 pick = torch.linspace(0, len(distinct) - 1, min(len(distinct), max_captions)).long()
-                chosen = [""] + [distinct[int(i)] for i in pick]
-                embs = [enc.encode(chosen[i:i + 256]) for i in range(0, len(chosen), 256)]
-                tokens, mask = torch.cat([e.tokens.float() for e in embs]), torch.cat([e.mask for e in embs])
+                sample = TextBank(enc, [""] + [distinct[int(i)] for i in pick], self.device, show_progress=False)
+                tokens, mask = sample.tokens, sample.mask
             model.fit_text_whitening(k, tokens, mask)
             self.log(f"text whitening of encoder {k} ({enc.kind}) fitted on {int(mask.sum())} tokens of "
                      f"{len(tokens)} captions (shrinkage {model.config.text_whitening_shrinkage:g})")
