@@ -232,6 +232,25 @@ def test_multiscale_loss_adds_pooled_residuals_only(frames):
         DiffusionConfig(multiscale_loss=(1,))
 
 
+def test_gradient_loss_adds_the_residuals_pixel_differences_only():
+    """The edge term: a residual constant over the image has no differences and adds nothing; a one-pixel
+    checkerboard of ±1 has every neighbour difference ±2, so its squared mean (4) is added λ times."""
+    shape = (2, 3, 8, 8)
+    x0, noise = data(shape)
+    t = torch.tensor([10, 900])
+    plain = GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False))
+    edges = GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False, gradient_loss=0.5))
+    x_t = plain.q_sample(x0, t, noise)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1.0
+    for residual, extra in ((torch.full(shape, 0.7), 0.0), (checker.expand(shape), 0.5 * 4.0)):
+        ref = plain.training_losses(x0 + residual, x0, x_t, t, noise)
+        out = edges.training_losses(x0 + residual, x0, x_t, t, noise)
+        torch.testing.assert_close(out["mse"], ref["mse"])
+        torch.testing.assert_close(out["loss"], ref["loss"] + extra * ref["weight"])
+    with pytest.raises(ValueError, match="gradient_loss"):
+        DiffusionConfig(gradient_loss=-1.0)
+
+
 def test_sample_timesteps_and_training_step_inputs():
     for sampling in ("uniform", "logit_normal"):
         diff = GaussianDiffusion(DiffusionConfig(timestep_sampling=sampling))

@@ -424,6 +424,8 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     from gentron.data.shapes import load_scenes
     from gentron.pipelines import GenTronPipeline
     from gentron.train.checkpoint import load_checkpoint
+    from gentron.train.config import load_config
+    from gentron.train.trainer import WHITENING_ENERGY_WARN
 
     monkeypatch.setattr(demo, "RELATIONS_DATA", ["data.kinds_weights={spatial: 1.0}", "data.num=48"])
     evaluate = shapes_eval.evaluate_shapes
@@ -442,7 +444,16 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     proj = "token_projections.0."
     whitening = first[proj + "feature_whitening"]
     assert bool(first[proj + "whitening_fitted"]) and not torch.allclose(whitening, torch.eye(len(whitening)))
-    final = GenTronPipeline.from_pretrained(str(tmp_path / "run" / "pipeline")).transformer.token_projections[0]
+    pipe = GenTronPipeline.from_pretrained(str(tmp_path / "run" / "pipeline"))
+    final = pipe.transformer.token_projections[0]
     assert torch.equal(final.feature_whitening, whitening)  # fitted once, carried through the resume
+    # ... on the full mix's captions: count and complex words, which stage 1 never reads, are not amplified
+    mixed = [caption for _, caption, scene in load_scenes(tmp_path / "data") if scene.kind in ("count", "complex")]
+    mixed = pipe.text_encoders[0].encode(mixed)
+    assert pipe.transformer.text_whitening_energy(0, mixed.tokens, mixed.mask) < WHITENING_ENERGY_WARN
+    # the edge loss is the mixed stage's only: it stops the relations stage from binding
+    assert load_config(tmp_path / "relations" / "config.yaml").diffusion.gradient_loss == 0.0
+    assert load_config(tmp_path / "run" / "config.yaml").diffusion.gradient_loss == \
+        load_config(demo.recipe_path()).diffusion.gradient_loss > 0
     assert (tmp_path / "loss.png").is_file()
     assert "(3 steps on two-object scenes, then 2 on the full mix)" in (tmp_path / "report.md").read_text()

@@ -17,9 +17,9 @@ from gentron.train.trainer import Trainer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_trainer(data, run_dir, extra=(), resume=None):
+def make_trainer(data, run_dir, extra=(), resume=None, log=lambda s: None):
     cfg = load_config(None, tiny_overrides(data) + list(extra))
-    return Trainer(cfg, run_dir, resume=resume, log=lambda s: None, show_progress=False)
+    return Trainer(cfg, run_dir, resume=resume, log=log, show_progress=False)
 
 
 def losses(run_dir):
@@ -67,6 +67,7 @@ def test_diffusion_section_reaches_the_training_objective():
     d = diffusion_config(load_config(None, ["diffusion.timestep_sampling=logit_normal", "diffusion.logit_mean=0.5"]))
     assert (d.timestep_sampling, d.logit_mean, d.logit_std) == ("logit_normal", 0.5, 1.0)
     assert diffusion_config(load_config(None, ["diffusion.multiscale_loss=[8, 16]"])).multiscale_loss == (8, 16)
+    assert diffusion_config(load_config(None, ["diffusion.gradient_loss=2.0"])).gradient_loss == 2.0
     with pytest.raises(ValueError, match="timestep_sampling"):
         diffusion_config(load_config(None, ["diffusion.timestep_sampling=lognormal"]))
 
@@ -225,11 +226,17 @@ def test_text_whitening_is_fitted_on_the_training_captions_once(shapes_data, tmp
     torch.testing.assert_close(streamed.model.token_projections[0].feature_whitening, proj.feature_whitening,
                                atol=1e-4, rtol=1e-3)  # same distinct captions, encoded live
 
+    logs = []
+    make_trainer(shapes_data, tmp_path / "run", extra[:-1] + ["train.steps=4"], resume="auto", log=logs.append)
+    assert not [line for line in logs if "text whitening" in line]  # loaded, and it covers the same captions
     with torch.no_grad():
-        proj.feature_whitening.mul_(2)  # make "refitted" visible: resume must load, not refit
+        proj.feature_whitening.mul_(3)  # make "refitted" visible: resume must load, not refit ...
     t.save_checkpoint()
-    resumed = make_trainer(shapes_data, tmp_path / "run", extra[:-1] + ["train.steps=4"], resume="auto")
+    resumed = make_trainer(shapes_data, tmp_path / "run", extra[:-1] + ["train.steps=4"], resume="auto",
+                           log=logs.append)
     torch.testing.assert_close(resumed.model.token_projections[0].feature_whitening, proj.feature_whitening)
+    # ... and a whitening that no longer fits the captions (9x the energy) is reported, not silently used
+    assert [line for line in logs if "warning: text whitening of encoder 0 was fitted on other captions" in line]
     with pytest.raises(ConfigError, match="text_whitening needs frozen text encoders"):
         make_trainer(shapes_data, tmp_path / "scratch", extra + ["text.encoders=[{kind: scratch, max_length: 24}]"])
 

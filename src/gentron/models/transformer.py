@@ -199,6 +199,14 @@ class TokenProjection(nn.Module):
         self.feature_whitening.copy_(evecs @ torch.diag(evals.rsqrt()) @ evecs.T)
         self.whitening_fitted.fill_(True)
 
+    @torch.no_grad()
+    def whitened_energy(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> float:
+        """Mean square per dimension of the whitened kept tokens: ≈ 1 on the captions the whitening was fitted
+        on, far above 1 where captions use words it was not fitted on (their directions get amplified)."""
+        feats = tokens.reshape(-1, tokens.shape[-1]) if mask is None else tokens[mask.bool()]
+        z = (feats.float().to(self.feature_mean.device) - self.feature_mean) @ self.feature_whitening
+        return float(z.pow(2).mean())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.whitening:  # in fp32 even under autocast: it amplifies directions bf16 rounding would blur
             with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):  # (meta: FLOP counting)
@@ -750,6 +758,13 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         if not self.config.text_whitening:
             raise ValueError("model was built with text_whitening=False")
         self.token_projections[encoder].fit_whitening(tokens, mask, self.config.text_whitening_shrinkage)
+
+    def text_whitening_energy(self, encoder: int, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> float:
+        """How far captions are from what encoder ``encoder``'s whitening was fitted on (≈ 1: covered; see
+        :meth:`TokenProjection.whitened_energy`)."""
+        if not self.config.text_whitening:
+            raise ValueError("model was built with text_whitening=False")
+        return self.token_projections[encoder].whitened_energy(tokens, mask)
 
     def text_whitening_fitted(self) -> bool:
         return bool(self.config.text_whitening) and all(bool(p.whitening_fitted) for p in self.token_projections)

@@ -60,6 +60,7 @@ class DiffusionSection:
     logit_mean: float = 0.0  # > 0 spends more steps at high noise, where layout is decided
     logit_std: float = 1.0
     multiscale_loss: list = field(default_factory=list)  # pooling factors, e.g. [8, 16]: adds the pooled residual's MSE
+    gradient_loss: float = 0.0  # weight of an added MSE on the residual's pixel differences (edges, silhouettes)
 
 
 @dataclass

@@ -87,6 +87,7 @@ def diffusion_config(cfg: RunConfig) -> DiffusionConfig:
         logit_mean=d.logit_mean,
         logit_std=d.logit_std,
         multiscale_loss=d.multiscale_loss,  # normalised to a tuple of ints by DiffusionConfig
+        gradient_loss=d.gradient_loss,
     )
 
 
@@ -115,6 +116,11 @@ def build_transformer(cfg: RunConfig, text_encoders: list[TextEncoder], vae_fact
 # ------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------
+
+
+#: Mean square of whitened caption tokens above which a loaded whitening is reported as not covering a run's
+#: words (≈ 1 on its own captions; moving-shapes captions under an image-only fit: 17, docs/video.md).
+WHITENING_ENERGY_WARN = 4.0
 
 
 def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
@@ -396,16 +402,16 @@ class Trainer:
         training captions or on ``captions`` (the constructor's ``whitening_captions``).
 
         A resumed run or a T2V model initialised from a fitted T2I model keeps the statistics it loaded (they are
-        buffers in its weights), so the model never sees its inputs change. ``captions`` is for a curriculum whose
-        first stage sees only part of the caption kinds (the demo's relations stage): it must whiten for all of
-        them, or the words it has not seen land in directions the whitening blows up."""
+        buffers in its weights), so the model never sees its inputs change; it is only checked to cover this run's
+        captions (a warning when they come out amplified, e.g. motion words under an image-only fit). ``captions``
+        is for a curriculum whose first stage sees only part of the caption kinds (the demo's relations stage): it
+        must whiten for all of them, or the words it has not seen land in directions the whitening blows up."""
         model = self.model
         if not getattr(model.config, "text_whitening", False):
             if captions is not None:
                 raise ConfigError("whitening captions need model.overrides.text_whitening=true")
             return
-        if model.text_whitening_fitted():
-            return
+        loaded = model.text_whitening_fitted()
         for k, enc in enumerate(self.text_encoders):
             if enc.trainable:
                 raise ConfigError("model.overrides.text_whitening needs frozen text encoders; "
@@ -426,9 +432,18 @@ class Trainer:
                 pick = torch.linspace(0, len(distinct) - 1, min(len(distinct), max_captions)).long()
                 sample = TextBank(enc, [""] + [distinct[int(i)] for i in pick], self.device, show_progress=False)
                 tokens, mask = sample.tokens, sample.mask
-            model.fit_text_whitening(k, tokens, mask)
-            self.log(f"text whitening of encoder {k} ({enc.kind}) fitted on {int(mask.sum())} tokens of "
-                     f"{len(tokens)} captions (shrinkage {model.config.text_whitening_shrinkage:g})")
+            if not loaded:
+                model.fit_text_whitening(k, tokens, mask)
+                self.log(f"text whitening of encoder {k} ({enc.kind}) fitted on {int(mask.sum())} tokens of "
+                         f"{len(tokens)} captions (shrinkage {model.config.text_whitening_shrinkage:g})")
+                continue
+            # Loaded (resume, T2V init): it must cover this run's words, or they come in amplified.
+            energy = model.text_whitening_energy(k, tokens.to(self.device), mask.to(self.device))
+            if energy > WHITENING_ENERGY_WARN:
+                self.log(f"warning: text whitening of encoder {k} was fitted on other captions: this run's caption "
+                         f"tokens come out with {energy:.1f}x the energy of the fit (words it was not fitted on are "
+                         f"amplified). Fit it on captions that cover both runs (Trainer(whitening_captions=...) in "
+                         f"the first run) or raise model.overrides.text_whitening_shrinkage.")
 
     # -- state ---------------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
