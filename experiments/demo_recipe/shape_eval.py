@@ -22,7 +22,8 @@ for run in args.runs:
                                 categories=("shape",))
         per = collections.defaultdict(lambda: [0, 0])
         for p in r["per_prompt"]:
-            per[p["prompt"].split()[-1]][0] += p["correct"]
-            per[p["prompt"].split()[-1]][1] += 1
+            counts = per[p["prompt"].split()[-1]]  # the prompt's last word is its shape
+            counts[0] += p["correct"]
+            counts[1] += 1
         line.append(f"{split} {r['accuracy']['shape']:.3f} (" + ", ".join(f"{s} {a}/{n}" for s, (a, n) in sorted(per.items())) + ")")
     print(" | ".join(line), flush=True)

@@ -767,13 +767,6 @@ class ShapesVideoWorld:
         return self.render(vs), self.caption(vs), vs
 
 
-def video_captions(num: int, seed: int = 0, split: str = "train") -> list[str]:
-    """The captions of the first ``num`` clips :func:`write_shapes_video_dataset` writes with this seed and
-    split, without rendering them (e.g. to fit a text whitening that must cover a later video stage)."""
-    world = ShapesVideoWorld(seed=seed)
-    return [world.caption(world.sample_scene(world.rng_for(i, split), split)) for i in range(num)]
-
-
 def write_shapes_video_dataset(out_dir: Union[str, Path], num: int, resolution: int = 32, seed: int = 0,
                                split: str = "train", fmt: str = "mp4", fps: int = VIDEO_SOURCE_FPS,
                                num_frames: int = VIDEO_SOURCE_FRAMES) -> Path:
@@ -796,7 +789,7 @@ def write_shapes_video_dataset(out_dir: Union[str, Path], num: int, resolution: 
 
 __all__ = [
     "MOTIONS", "MOTION_PHRASES", "VideoScene", "ShapesVideoWorld", "describe_video", "video_scene_to_dict",
-    "video_scene_from_dict", "video_captions", "write_shapes_video_dataset",
+    "video_scene_from_dict", "write_shapes_video_dataset",
     "BACKGROUND", "COLORS", "SHAPES", "PLURALS", "SIZES", "RELATIONS", "KINDS", "DEFAULT_KIND_WEIGHTS",
     "HELDOUT_COLOR_SHAPE", "HELDOUT_SPATIAL", "TRAIN_COLOR_SHAPE", "ShapeObject", "Scene", "ShapesWorld",
     "describe", "random_caption", "render_scene", "rasterize", "pixel_box", "shape_mask", "spatial_key", "scene_to_dict",

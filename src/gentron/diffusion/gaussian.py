@@ -458,13 +458,14 @@ class GaussianDiffusion:
         pred, var_values = self.split_output(model_output, x0.shape[1])
 
         target = self.prediction_target(x0, noise, t)
-        mse = mean_flat((target - pred) ** 2)
+        residual = target - pred
+        mse = mean_flat(residual**2)
         weight = self.loss_weight(t).to(dtype)
         out = {"mse": mse, "weight": weight, "loss": weight * mse}
         for f in self.config.multiscale_loss:
-            out["loss"] = out["loss"] + weight * mean_flat(pool_pixels(target - pred, f) ** 2)
+            out["loss"] = out["loss"] + weight * mean_flat(pool_pixels(residual, f) ** 2)
         if self.config.gradient_loss > 0:
-            dy, dx = pixel_differences(target - pred)
+            dy, dx = pixel_differences(residual)
             edges = 0.5 * (mean_flat(dy**2) + mean_flat(dx**2))
             out["loss"] = out["loss"] + self.config.gradient_loss * weight * edges
         if var_values is not None:
