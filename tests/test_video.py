@@ -169,6 +169,25 @@ def test_frame_position_embedding_breaks_time_symmetry_but_not_motion_free():
         assert (a[1, :, :3] - b[1, :, :3]).abs().max() > 1e-4
 
 
+def test_relative_frame_values_place_frames_in_time_from_a_still_input():
+    """Q/K positions alone cannot make the frames of a still clip differ (equal values stay equal under any
+    attention weights), so a model that sees pure noise cannot start a motion. Relative positions in the values
+    can, and a motion-free still is still one image model for every frame. Zero at init either way."""
+    x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    still = x[:, :, :1].expand(-1, -1, 4, -1, -1).contiguous()
+    spread = lambda out: (out - out[:, :, :1]).abs().max().item()  # noqa: E731
+    with torch.no_grad():
+        qk = randomize_temporal(tiny_video_model(temporal_layers=True)).eval()
+        assert spread(call(qk, still)) < 1e-5
+        rel = tiny_video_model(temporal_layers=True, temporal_relative_values=True).eval()
+        assert spread(call(rel, still)) < 1e-5  # zero-init output projection: the T2I model per frame
+        randomize_temporal(rel)
+        assert spread(call(rel, still)) > 1e-3
+        assert spread(call(rel, still, motion_free=torch.tensor([True, True]))) < 1e-5
+    with pytest.raises(ValueError, match="temporal_pos_embed"):
+        tiny_video_model(temporal_layers=True, temporal_pos_embed=False, temporal_relative_values=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. motion-free guidance
 # ------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ initialised from a T2I model starts as that T2I model applied frame by frame. Wi
 ``temporal_pos_embed=True`` (default) a fixed 1-D sin-cos frame embedding enters the temporal queries and
 keys only (not values, not the residual stream): still zero at init, motion-free (identity-mask) frames
 stay independent of their index, and attention can tell forward from backward time (docs/video.md).
+``temporal_relative_values=True`` also puts the embedding into the values as relative positions (P_s - P_t), so
+a frame can know where it sits in the clip even from pure noise; identity under the motion-free mask (docs/video.md).
 """
 
 from __future__ import annotations
@@ -394,12 +396,14 @@ class GenTronBlock(nn.Module):
         temporal: bool = False,
         norm_eps: float = 1e-6,
         temporal_pos_embed: bool = False,
+        temporal_relative_values: bool = False,
         qk_norm: str = "none",
         pos_query: bool = False,
     ):
         super().__init__()
         self.conditioning = conditioning
         self.temporal_pos_embed = bool(temporal and temporal_pos_embed)
+        self.temporal_relative_values = bool(self.temporal_pos_embed and temporal_relative_values)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         every = dict(qk_norm=qk_norm == "all", norm_eps=norm_eps)
         self.attn = Attention(hidden_size, num_heads, **every)
@@ -485,14 +489,22 @@ class GenTronBlock(nn.Module):
         m, t, d = h.shape
         pe = sincos_1d(torch.arange(t, device=h.device), d).to(h.dtype)  # (T, D)
         qkv = attn.qkv(h)
-        pe_qk = F.linear(pe, attn.qkv.weight[: 2 * d].to(h.dtype))  # (T, 2D), no bias (already in qkv)
-        qkv = torch.cat([qkv[..., : 2 * d] + pe_qk, qkv[..., 2 * d :]], dim=-1)
+        width = 3 * d if self.temporal_relative_values else 2 * d  # which of q, k, v see P_t
+        pe_proj = F.linear(pe, attn.qkv.weight[:width].to(h.dtype))  # (T, width), no bias (already in qkv)
+        qkv = torch.cat([qkv[..., :width] + pe_proj, qkv[..., width:]], dim=-1)
         q, k, v = qkv.view(m, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         if bias is not None:
             bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return attn.proj(out.transpose(1, 2).reshape(m, t, d))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(m, t, d)
+        if self.temporal_relative_values:
+            # Relative frame positions in the values (Shaw et al. 2018): frame t reads sum_s a_ts W_v(LN(x_s) + P_s - P_t).
+            # The weights sum to one, so subtracting W_v P_t after attention is exact. Under the identity mask
+            # (a_tt = 1) the offset is zero and a motion-free sample is still a per-frame image model; with motion,
+            # sum_s a_ts P_s - P_t tells a frame where it sits in the clip even when every frame looks the same (pure
+            # noise), which Q/K positions alone cannot: attention reweights values, and equal values stay equal.
+            out = out - pe_proj[:, 2 * d :]
+        return attn.proj(out)
 
 
 class FinalLayer(nn.Module):
@@ -567,6 +579,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_layers: bool = False,
         temporal_every: int = 1,
         temporal_pos_embed: bool = True,
+        temporal_relative_values: bool = False,
         text_refiner_layers: int = 0,
         qk_norm: str = "none",
         pos_query: bool = False,
@@ -579,6 +592,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         super().__init__()
         if temporal_every < 1:
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
+        if temporal_relative_values and not temporal_pos_embed:
+            raise ValueError("temporal_relative_values adds the frame embedding to the values: it needs temporal_pos_embed")
         if text_refiner_layers < 0:
             raise ValueError(f"text_refiner_layers must be >= 0, got {text_refiner_layers}")
         if qk_norm not in QK_NORMS:
@@ -642,6 +657,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 temporal=temporal_layers and i % temporal_every == 0,
                 norm_eps=norm_eps,
                 temporal_pos_embed=temporal_pos_embed,
+                temporal_relative_values=temporal_relative_values,
                 qk_norm=qk_norm,
                 pos_query=pos_query,
             )
