@@ -48,12 +48,8 @@ def main(run: str, clips: int, frames: int, seed: int) -> None:
     world = ShapesVideoWorld(resolution=model.config.sample_size, seed=seed, num_frames=frames)
     directions = list(MOTIONS)
 
-    scenes = []
-    for i in range(10 * clips):
-        vs = world.sample_scene(world.rng_for(i, "train"), "train", kind="single")
-        scenes.append(vs)
-        if len(scenes) == clips:
-            break
+    scenes = [world.sample_scene(world.rng_for(i, "train"), "train", kind="single") for i in range(clips)]
+    true = torch.tensor([directions.index(vs.motions[0]) for vs in scenes])
     x0 = torch.stack([torch.stack([torch.from_numpy(np.asarray(f, dtype=np.float32)) for f in
                                    world.render(vs)]) for vs in scenes]) / 127.5 - 1  # (B, T, H, W, 3)
     x0 = x0.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W)
@@ -73,14 +69,14 @@ def main(run: str, clips: int, frames: int, seed: int) -> None:
                         pooled_projections=emb.pooled.float()).sample
         pred = diffusion.predict_x0(out[:, :3], xt4, tt4).clamp(-1, 1).view(clips, 4, *x0.shape[1:])
         mse = ((pred - x0[:, None]) ** 2).mean(dim=(2, 3, 4, 5))  # (B, 4)
-        true = torch.tensor([directions.index(vs.motions[0]) for vs in scenes])
         pick = (mse.argmin(1) == true).float().mean().item()
-        gap = ((mse.sum(1) - mse[torch.arange(clips), true]) / 3 - mse[torch.arange(clips), true]).mean().item()
+        mse_true = mse[torch.arange(clips), true]
+        gap = ((mse.sum(1) - mse_true) / 3 - mse_true).mean().item()
         drift_true, drift_opp = [], []
         for b, vs in enumerate(scenes):
             d = vs.motions[0]
-            opposite = {"right": "left", "left": "right", "up": "down", "down": "up"}[d]
             ux, uy = MOTIONS[d]
+            opposite = next(m for m, v in MOTIONS.items() if v == (-ux, -uy))
             for k, store in ((directions.index(d), drift_true), (directions.index(opposite), drift_opp)):
                 clip = pred[b, k].permute(1, 2, 3, 0)  # (T, H, W, 3)
                 (xa, ya), (xb, yb) = centroid(clip[0], vs.objects[0].color), centroid(clip[-1], vs.objects[0].color)

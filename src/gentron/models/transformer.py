@@ -206,17 +206,20 @@ class TokenProjection(nn.Module):
         """Per caption, the mean square per dimension of its whitened kept tokens (B, L, D) → (B,): ≈ 1 on the
         captions the whitening was fitted on (median 0.8 on the shapes world), far above where a caption uses
         words it was not fitted on, whose directions get amplified (moving-shapes captions: 10-40)."""
-        z = (tokens.float().to(self.feature_mean.device) - self.feature_mean) @ self.feature_whitening
-        energy = z.pow(2).mean(-1)
+        energy = self.whiten(tokens.to(self.feature_mean.device)).pow(2).mean(-1)
         if mask is None:
             return energy.mean(-1)
         keep = mask.to(energy.device).float()
         return (energy * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
 
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) @ W in fp32 even under autocast: it amplifies directions bf16 rounding would blur."""
+        with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):  # (meta: FLOP counting)
+            return (x.float() - self.feature_mean) @ self.feature_whitening
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.whitening:  # in fp32 even under autocast: it amplifies directions bf16 rounding would blur
-            with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):  # (meta: FLOP counting)
-                x = (x.float() - self.feature_mean) @ self.feature_whitening
+        if self.whitening:
+            x = self.whiten(x)
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
