@@ -65,6 +65,18 @@ def test_adaln_single_peer_is_the_same_pixart():
         torch.testing.assert_close(gentron_forward(g.eval(), inp), peer_forward(p.eval(), inp), atol=1e-4, rtol=1e-4)
 
 
+def test_every_mode_builds_at_the_demo_recipe():
+    """The bench reads the recipe's `model.overrides` (text whitening included); every mode and peer must build."""
+    cfg = quick_config()
+    assert cfg.overrides  # the recipe has overrides; this test is about them
+    for mode in ("cross-attn", "adaln-single", "class"):
+        g = build_gentron(cfg, mode)
+        p = build_peer(cfg, mode, g)
+        inp = make_inputs(cfg, mode, 2, torch.device("cpu"))
+        with torch.no_grad():
+            assert gentron_forward(g.eval(), inp).shape == peer_forward(p.eval(), inp).shape
+
+
 def test_peers_have_gentron_shapes():
     cfg = quick_config(**TINY)
     g = build_gentron(cfg, "cross-attn")

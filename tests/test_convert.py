@@ -302,6 +302,28 @@ def test_diffusers_pixart_matches_and_exports(name):
         assert torch.equal(v, p.state_dict()[k]), k
 
 
+def test_pixart_export_folds_text_whitening():
+    """A model with whitened text tokens (the demo recipe) exports to diffusers with the same outputs: the fixed
+    whitening is folded into the caption projection's first linear layer."""
+    spec = PIXART_SIZES["small"]
+    plain = convert_diffusers_pixart(make_pixart(*spec))
+    m = GenTronTransformer(**{**plain.config, "text_whitening": True})
+    missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all("feature_" in k or "whitening" in k for k in missing)
+    g = torch.Generator().manual_seed(5)
+    scales = torch.logspace(-2, 1, spec[3])  # badly conditioned features, as a frozen encoder's are
+    m.token_projections[0].fit_whitening(torch.randn(64, 5, spec[3], generator=g) * scales + 0.3)
+    x, t, tok, mask, cond = pixart_inputs(spec)
+    tok = tok * scales + 0.3
+    exported = export_diffusers_pixart(m)
+    assert not any("feature_" in k for k in exported.state_dict())
+    with torch.no_grad():
+        ours = run_ours(m, x, t, tok, mask, cond)
+        assert max_err(ours, run_ours(plain, x, t, tok, mask, cond)) > 1e-2  # the whitening matters
+        err = max_err(run_diffusers_pixart(exported, x, t, tok, mask, cond), ours)
+    assert err <= 1e-4, err
+
+
 def test_official_pixart_file_with_null_caption(tmp_path):
     spec = PIXART_SIZES["1024-MS-like"]
     p = make_pixart(*spec)

@@ -6,7 +6,9 @@ import torch
 from gentron.models.transformer import (
     CONDITIONING_MODES,
     GenTronTransformer,
+    _attention_bias,
     count_parameters,
+    scaled_dot_product,
     sincos_2d,
     zoo_config,
 )
@@ -395,3 +397,19 @@ def test_text_whitening_is_identity_until_fitted_then_whitens(mode, tmp_path):
         tiny("adaln-zero", text_whitening=True)
     with pytest.raises(ValueError, match="built with text_whitening=False"):
         ref.fit_text_whitening(0, sample, sample_mask)
+
+
+def test_cpu_bf16_attention_runs_in_fp32_and_keeps_dtype():
+    """Under bf16 autocast on CPU, attention is computed in fp32 (faster there) and returns bf16, with gradients."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 16, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 5:] = False
+    bias = _attention_bias(mask, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scaled_dot_product(q, k, v, bias)
+    assert out.dtype == torch.bfloat16
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias)
+    assert torch.equal(out, ref.bfloat16())
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))

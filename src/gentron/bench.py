@@ -121,6 +121,9 @@ def quick_config(**overrides: Any) -> BenchConfig:
 # ----------------------------------------------------------------------------------------------
 
 
+TEXT_ONLY_OPTIONS = ("text_whitening",)
+
+
 def gentron_kwargs(cfg: BenchConfig, mode: str, **extra: Any) -> dict[str, Any]:
     size = zoo_config(cfg.model)
     kw = zoo_config(
@@ -131,7 +134,8 @@ def gentron_kwargs(cfg: BenchConfig, mode: str, **extra: Any) -> dict[str, Any]:
         learn_sigma=cfg.learn_sigma,
         text_dims=[cfg.text_dim] if mode != "class" else [],
     )
-    kw.update(cfg.overrides)
+    # the recipe's text-side options (its text whitening) do not exist in a class-conditional model
+    kw.update({k: v for k, v in cfg.overrides.items() if not (mode == "class" and k in TEXT_ONLY_OPTIONS)})
     if mode == "adaln-single":  # PixArt-α's position scaling, so the model exports to diffusers exactly
         kw["pos_embed_base_size"] = cfg.resolution // size["patch_size"]
     kw.update(extra)
