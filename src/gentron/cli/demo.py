@@ -39,7 +39,7 @@ RELATIONS_LOSS = ["diffusion.gradient_loss=0.0"]
 
 
 def relations_overrides(out: Path, steps: int) -> list[str]:
-    """Stage 1 of the demo: spatial scenes only, constant lr after warm-up (stage 2 anneals)."""
+    """Stage 1 of the demo: spatial scenes only, constant lr after warm-up (as stage 2; EMA does the averaging)."""
     return RELATIONS_DATA + RELATIONS_LOSS + [f"data.path={out / 'data-relations'}", f"train.steps={steps}",
                              "train.lr_schedule=constant", "train.checkpoint_every=0", "train.keep_checkpoints=1"]
 
@@ -182,8 +182,9 @@ def _shape_gap(result: dict) -> str:
     return (f"Shape ({result['steps']} steps here): the model draws a blob of the right colour in the right place; "
             "circles and most triangles come out right, squares and above all crosses get rounded corners and are "
             "read as circles, on seen (colour, shape) pairs as on held-out ones (docs/demo-recipe.md, ninth round). "
-            "Shape rises with optimizer steps (0.3-0.4 at 2.3-3.2k steps, 0.67 at 8.9k in a single-stage "
-            "`--minutes 60` run), so a longer run or `--device cuda` helps it; the edge loss of the full-mix stage "
+            "Shape rises with optimizer steps: in a `--minutes 60` run of this recipe it passes 0.7 at ~8k steps "
+            "and reaches 0.83-0.92 at 14-15.5k (docs/demo-recipe.md, tenth round), while 15 minutes on 2 CPU cores "
+            "give ~3.5k, so a longer run or `--device cuda` closes it; the edge loss of the full-mix stage "
             "(`diffusion.gradient_loss`) adds ~0.05.")
 
 
