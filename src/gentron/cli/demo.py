@@ -179,13 +179,12 @@ def plot_loss(metrics: Path | list[Path], out: Path) -> Path:
 
 
 def _shape_gap(result: dict) -> str:
-    return (f"Shape ({result['steps']} steps here): the model draws a blob of the right colour in the right place; "
-            "circles and most triangles come out right, squares and above all crosses get rounded corners and are "
-            "read as circles, on seen (colour, shape) pairs as on held-out ones (docs/demo-recipe.md, ninth round). "
-            "Shape rises with optimizer steps: in a `--minutes 60` run of this recipe it passes 0.7 at ~8k steps "
-            "and reaches 0.83-0.92 at 14-15.5k (docs/demo-recipe.md, tenth round), while 15 minutes on 2 CPU cores "
-            "give ~3.5k, so a longer run or `--device cuda` closes it; the edge loss of the full-mix stage "
-            "(`diffusion.gradient_loss`) adds ~0.05.")
+    return (f"Shape ({result['steps']} steps here): circles, squares and most triangles come out right; crosses, a "
+            "third of the held-out shape prompts (two of the six held-out colour-shape pairs), mostly come out as "
+            "blobs or squares, on seen pairs as on held-out ones, so without crosses held-out shape stops at 0.67 "
+            "(docs/demo-recipe.md, ninth and tenth rounds). Shape rises with optimizer steps: a `--minutes 60` run "
+            "passed 0.7 at ~8k steps and reached 0.83-0.92 at 14-15.5k, where crosses appear, while 15 minutes on "
+            "2 CPU cores give ~3.5-3.7k; so a longer run or `--device cuda` closes it.")
 
 
 def _spatial_gap(result: dict) -> str:

@@ -246,8 +246,8 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention`, except that on CPU bf16 inputs are attended in fp32.
 
-    Why: PyTorch's CPU flash-attention kernel is 2-4x slower in bf16 than in fp32 at the demo's shapes (its
-    backward above all: 9.3 vs 3.4 ms for 64 tokens, batch 32, 2 heads), and attention was 40% of a bf16
+    Why: PyTorch's CPU flash-attention kernel is 3-5x slower in bf16 than in fp32 at the demo's shapes (its
+    backward above all; fwd+bwd 9.3 vs 3.4 ms for 64 tokens, batch 32, 2 heads), and attention was 40% of a bf16
     demo step. The matmuls around it stay in bf16; the result is cast back to the input dtype.
     """
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
