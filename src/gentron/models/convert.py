@@ -720,7 +720,12 @@ def export_pixart_state_dict(
         "aspect_ratio_embedder.": "ar_embedder.",
     }
     out: StateDict = {}
-    state = _fold_text_whitening(model.state_dict(), "token_projections.0.")
+    # PixArt-α has no text whitening: fold it into the caption projection and drop its buffers
+    state = model.state_dict()
+    projection = model.token_projections[0]
+    state["token_projections.0.fc1.weight"], state["token_projections.0.fc1.bias"] = projection.folded_fc1()
+    for name, _ in projection.named_buffers():
+        del state[f"token_projections.0.{name}"]
     for key, value in state.items():
         for ours, theirs in back.items():
             if key.startswith(ours):
@@ -736,23 +741,6 @@ def export_pixart_state_dict(
     if null_caption_embedding is not None:
         out["y_embedder.y_embedding"] = null_caption_embedding.detach().clone()
     return out
-
-
-def _fold_text_whitening(state: StateDict, prefix: str) -> StateDict:
-    """Fold a token projection's fixed whitening (x − μ)·W into its first linear layer, so that layouts without
-    whitening (PixArt-α, diffusers) compute the same function: fc1((x − μ)·W) = x·weight'ᵀ + bias' with
-    weight' = weight·Wᵀ and bias' = bias − weight'·μ. No-op for a projection built without whitening."""
-    mean, white = state.get(prefix + "feature_mean"), state.get(prefix + "feature_whitening")
-    if mean is None or white is None:
-        return state
-    state = dict(state)
-    weight, bias = state[prefix + "fc1.weight"].double(), state[prefix + "fc1.bias"].double()
-    folded = weight @ white.double().T
-    state[prefix + "fc1.weight"] = folded.to(state[prefix + "fc1.weight"].dtype)
-    state[prefix + "fc1.bias"] = (bias - folded @ mean.double()).to(state[prefix + "fc1.bias"].dtype)
-    for buffer in ("feature_mean", "feature_whitening", "whitening_fitted"):
-        state.pop(prefix + buffer, None)
-    return state
 
 
 def _check_pixart_exportable(model: GenTronTransformer) -> None:

@@ -217,6 +217,16 @@ class TokenProjection(nn.Module):
         with torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False):  # (meta: FLOP counting)
             return (x.float() - self.feature_mean) @ self.feature_whitening
 
+    @torch.no_grad()
+    def folded_fc1(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc1's weight and bias with the whitening folded in, for layouts without whitening (PixArt-α, diffusers):
+        fc1(whiten(x)) = x·W'ᵀ + b' with W' = W_fc1·Wᵀ and b' = b_fc1 − W'·μ (computed in float64)."""
+        weight, bias = self.fc1.weight, self.fc1.bias
+        if not self.whitening:
+            return weight.detach().clone(), bias.detach().clone()
+        folded = weight.double() @ self.feature_whitening.double().T
+        return folded.to(weight.dtype), (bias.double() - folded @ self.feature_mean.double()).to(bias.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.whitening:
             x = self.whiten(x)
