@@ -163,28 +163,6 @@ def test_layout_grid_keeps_the_splits_and_varies_positions():
         ShapesWorld(layout_grid=1)
 
 
-def test_shape_weights_shift_the_shape_mix_and_keep_the_splits():
-    def shape_share(world: ShapesWorld, shape: str, split: str = "train") -> float:
-        shapes = [o.shape for i in range(600) for o in world.sample_scene(world.rng_for(i, split), split).objects]
-        return shapes.count(shape) / len(shapes)
-
-    uniform, weighted = ShapesWorld(seed=3), ShapesWorld(seed=3, shape_weights={"cross": 3.0})
-    assert weighted.shape_weights == {"circle": 1.0, "square": 1.0, "triangle": 1.0, "cross": 3.0}
-    assert 0.18 < shape_share(uniform, "cross") < 0.30  # 4 of 18 training pairs
-    assert 0.38 < shape_share(weighted, "cross") < 0.55  # 12 of 26 weighted pairs
-    for i in range(200):
-        assert not weighted.sample_scene(weighted.rng_for(i, "train"), "train").heldout_combos()
-        for kind in KINDS:
-            assert weighted.sample_scene(random.Random(i), "heldout", kind=kind).heldout_combos()
-    # Equal weights are uniform, and uniform sampling is bit-identical to a world without the option.
-    assert ShapesWorld(seed=3, shape_weights={s: 2.0 for s in SHAPES}).shape_weights is None
-    equal = ShapesWorld(seed=3, shape_weights={s: 2.0 for s in SHAPES})
-    assert all(equal.sample_scene(equal.rng_for(i)) == uniform.sample_scene(uniform.rng_for(i)) for i in range(50))
-    for bad in ({"hexagon": 1.0}, {"cross": -1.0}, {s: 0.0 for s in SHAPES}):
-        with pytest.raises(ValueError, match="shape_weights"):
-            ShapesWorld(shape_weights=bad)
-
-
 @pytest.mark.parametrize("resolution", [16, 32, 48, 64, 128])
 def test_renders_at_every_resolution(resolution):
     world = ShapesWorld(resolution=resolution, seed=0)

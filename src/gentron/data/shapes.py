@@ -368,51 +368,14 @@ def _relation_holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
     return along >= SPATIAL_MIN_SEPARATION and abs(across) <= SPATIAL_MAX_SKEW * along
 
 
-def check_shape_weights(shape_weights: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
-    """``{shape: weight}`` completed with weight 1 for missing shapes, or None for uniform; a clear error for
-    unknown shapes or weights that are negative or all zero."""
-    if not shape_weights:
-        return None
-    unknown = set(shape_weights) - set(SHAPES)
-    full = {s: float(shape_weights.get(s, 1.0)) for s in SHAPES}
-    if unknown or any(w < 0 for w in full.values()) or not any(w > 0 for w in full.values()):
-        raise ValueError(f"shape_weights must give non-negative weights to shapes in {SHAPES}, got {shape_weights}")
-    return None if len(set(full.values())) == 1 else full
-
-
-def _draw(rng: random.Random, pool: list, shapes: list[str], shape_weights: Optional[dict[str, float]]) -> Any:
-    """One item of ``pool`` (whose shapes are ``shapes``), weighted by shape; ``rng.choice`` when uniform, so data
-    written without ``shape_weights`` stays bit-identical."""
-    if shape_weights is None:
-        return rng.choice(pool)
-    return rng.choices(pool, weights=[shape_weights[s] for s in shapes], k=1)[0]
-
-
-def draw_pair(rng: random.Random, split: str, shape_weights: Optional[dict[str, float]] = None) -> tuple[str, str]:
-    """A (colour, shape) pair of the split: a training pair, or one of the held-out pairs."""
-    pool = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else list(TRAIN_COLOR_SHAPE)
-    return _draw(rng, pool, [s for _, s in pool], shape_weights)
-
-
-def draw_train_shape(rng: random.Random, color: str, shape_weights: Optional[dict[str, float]] = None) -> str:
-    """A shape that forms a training pair with ``color``."""
-    pool = [s for s in SHAPES if (color, s) not in HELDOUT_COLOR_SHAPE]
-    return _draw(rng, pool, pool, shape_weights)
-
-
 class ShapesWorld:
     """Samples, captions and renders scenes; ``sample(index)`` is a pure function of (seed, index, split)."""
 
     def __init__(self, resolution: int = 32, seed: int = 0, kinds_weights: Optional[dict[str, float]] = None,
-                 background: tuple[int, int, int] = BACKGROUND, layout_grid: int = 0,
-                 shape_weights: Optional[dict[str, float]] = None):
+                 background: tuple[int, int, int] = BACKGROUND, layout_grid: int = 0):
         """``layout_grid=N`` (N ≥ 2) snaps object centres to an N×N grid spanning [GRID_LO, GRID_HI]; 0 places them
         freely. Fewer layouts per caption make the clean image at high noise less of a blur over positions,
-        which is where a two-object layout, and so "left of", is decided (docs/demo-recipe.md, seventh round).
-
-        ``shape_weights`` sets how often each shape is drawn relative to the others (missing shapes weigh 1;
-        None = uniform, exactly as before the option). Hard silhouettes (crosses) can then get more of a short
-        run's steps (docs/demo-recipe.md, eleventh round). Which pairs are held out does not change."""
+        which is where a two-object layout, and so "left of", is decided (docs/demo-recipe.md, seventh round)."""
         if resolution < 8:
             raise ValueError(f"resolution must be at least 8 pixels, got {resolution}")
         if layout_grid == 1 or layout_grid < 0:
@@ -426,7 +389,6 @@ class ShapesWorld:
         self.kinds_weights = {k: float(w) for k, w in weights.items() if w > 0}
         self.background = tuple(int(c) for c in background)
         self.layout_grid = int(layout_grid)
-        self.shape_weights = check_shape_weights(shape_weights)
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -458,11 +420,14 @@ class ShapesWorld:
             return scene.spatial_key() in HELDOUT_SPATIAL and not (scene.color_shape_pairs() & HELDOUT_COLOR_SHAPE)
         return bool(scene.color_shape_pairs() & HELDOUT_COLOR_SHAPE)
 
-    def _pair(self, rng: random.Random, split: str) -> tuple[str, str]:
-        return draw_pair(rng, split, self.shape_weights)
+    @staticmethod
+    def _pair(rng: random.Random, split: str) -> tuple[str, str]:
+        pool = sorted(HELDOUT_COLOR_SHAPE) if split == "heldout" else TRAIN_COLOR_SHAPE
+        return rng.choice(pool)
 
-    def _train_shape(self, rng: random.Random, color: str) -> str:
-        return draw_train_shape(rng, color, self.shape_weights)
+    @staticmethod
+    def _train_shape(rng: random.Random, color: str) -> str:
+        return rng.choice([s for s in SHAPES if (color, s) not in HELDOUT_COLOR_SHAPE])
 
     def _single(self, rng: random.Random, split: str) -> Scene:
         color, shape = self._pair(rng, split)
@@ -609,19 +574,16 @@ class ShapesWorld:
 
 def write_shapes_dataset(out_dir: Union[str, Path], num: int, resolution: int = 32, seed: int = 0,
                          split: str = "train", video: bool = False,
-                         kinds_weights: Optional[dict[str, float]] = None, layout_grid: int = 0,
-                         shape_weights: Optional[dict[str, float]] = None) -> Path:
+                         kinds_weights: Optional[dict[str, float]] = None, layout_grid: int = 0) -> Path:
     """Write ``images/NNNNNN.png``, ``captions.jsonl`` and ``meta.json`` — the folder-data-set format
     (:class:`gentron.data.folder.ImageCaptionFolder`), so training on generated data exercises the same
     code path as training on user data. ``captions.jsonl`` is written last (atomically), so its presence
     means the data set is complete."""
     if video:
         return write_shapes_video_dataset(out_dir, num, resolution=resolution, seed=seed, split=split)
-    world = ShapesWorld(resolution=resolution, seed=seed, kinds_weights=kinds_weights, layout_grid=layout_grid,
-                        shape_weights=shape_weights)
+    world = ShapesWorld(resolution=resolution, seed=seed, kinds_weights=kinds_weights, layout_grid=layout_grid)
     meta = {"generator": "gentron-shapes", "version": 1, "resolution": resolution, "seed": seed, "num": num,
-            "split": split, "kinds_weights": world.kinds_weights, "layout_grid": world.layout_grid,
-            "shape_weights": world.shape_weights}
+            "split": split, "kinds_weights": world.kinds_weights, "layout_grid": world.layout_grid}
 
     def write_image(i: int, path: Path) -> tuple[str, dict]:
         image, caption, scene = world.sample(i, split)
@@ -770,14 +732,14 @@ class ShapesVideoWorld:
             raise ValueError(f"unknown video kind {kind!r}; expected one of {VIDEO_KINDS}")
         for _ in range(1000):
             if kind == "single":
-                color, shape = draw_pair(rng, split)
+                color, shape = ShapesWorld._pair(rng, split)
                 o, m, d = self._object(rng, color, shape, rng.choice(list(SIZES)))
                 vs = VideoScene([o], [m], [d], "single")
             else:
-                c1, s1 = draw_pair(rng, split)
+                c1, s1 = ShapesWorld._pair(rng, split)
                 c2 = rng.choice([c for c in COLORS if c != c1])
                 a = self._object(rng, c1, s1, MULTI_OBJECT_SIZE)
-                b = self._object(rng, c2, draw_train_shape(rng, c2), MULTI_OBJECT_SIZE)
+                b = self._object(rng, c2, ShapesWorld._train_shape(rng, c2), MULTI_OBJECT_SIZE)
                 if a[1] == b[1]:
                     continue  # two objects move in different directions
                 if rng.random() < 0.5:

@@ -74,7 +74,6 @@ class DataConfig:
     preload: bool = True  # keep decoded images in memory (small data sets)
     kinds_weights: dict = field(default_factory=dict)  # shapes: mixture of single/count/spatial/complex scenes
     layout_grid: int = 0  # shapes: 0 = free placement; N >= 2 = object centres on an N x N grid (the demo: 3)
-    shape_weights: dict = field(default_factory=dict)  # shapes: relative frequency per shape, e.g. {cross: 2}; {} = uniform
     buckets: bool = False  # multi-aspect-ratio buckets (PixArt-α): each batch from one bucket around model.resolution²
     num_buckets: int = 40  # PixArt-α: 40 ratios from 0.25 to 4 (fewer at small sizes)
 
@@ -306,12 +305,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {cfg.data.kind!r}")
     if cfg.data.layout_grid < 0 or cfg.data.layout_grid == 1:
         raise ConfigError(f"data.layout_grid must be 0 (free placement) or ≥ 2, got {cfg.data.layout_grid}")
-    from gentron.data.shapes import check_shape_weights
-
-    try:
-        check_shape_weights(cfg.data.shape_weights)
-    except ValueError as e:
-        raise ConfigError(f"data.{e}") from None
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
     if cfg.train.lr_schedule not in ("constant", "cosine"):

@@ -149,8 +149,7 @@ def prepare_dataset(cfg: RunConfig, log: Callable[[str], None] = print):
 
         log(f"generating {cfg.data.num} shapes-world images at {cfg.model.resolution}px into {path} ...")
         write_shapes_dataset(path, num=cfg.data.num, resolution=cfg.model.resolution, seed=cfg.data.seed,
-                             kinds_weights=cfg.data.kinds_weights or None, layout_grid=cfg.data.layout_grid,
-                             shape_weights=cfg.data.shape_weights or None)
+                             kinds_weights=cfg.data.kinds_weights or None, layout_grid=cfg.data.layout_grid)
     elif cfg.data.kind == "shapes":
         check_shapes_data_matches(path, cfg)
     return ImageCaptionFolder(
@@ -168,14 +167,10 @@ def check_shapes_data_matches(path: Path, cfg: RunConfig) -> None:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{meta_path} is unreadable ({e}); delete {path} to regenerate it") from None
-    from gentron.data.shapes import check_shape_weights
-
-    # Data written before an option existed has its default (free placement, uniform shapes).
-    for key, stored, wanted in (("layout_grid", int(meta.get("layout_grid", 0)), cfg.data.layout_grid),
-                                ("shape_weights", meta.get("shape_weights"), check_shape_weights(cfg.data.shape_weights))):
-        if stored != wanted:
-            raise ConfigError(f"shapes data at {path} was generated with {key}={stored}, the config says "
-                              f"data.{key}={wanted}; delete the folder or point data.path elsewhere")
+    stored = int(meta.get("layout_grid", 0))  # data written before the option: free placement
+    if stored != cfg.data.layout_grid:
+        raise ConfigError(f"shapes data at {path} was generated with layout_grid={stored}, the config says "
+                          f"data.layout_grid={cfg.data.layout_grid}; delete the folder or point data.path elsewhere")
 
 
 def build_patch_size(cfg: RunConfig) -> int:
