@@ -61,6 +61,24 @@ def test_shapes_data_of_another_layout_is_a_config_error(shapes_data, tmp_path):
     assert json.loads((fresh / "meta.json").read_text())["layout_grid"] == 3
 
 
+def test_lr_schedules_warm_up_hold_and_decay(shapes_data, tmp_path):
+    base = ["train.steps=110", "train.warmup_steps=10", "train.lr=1e-3", "train.lr_min=1e-4"]
+    trainer = make_trainer(shapes_data, tmp_path / "wsd", base + ["train.lr_schedule=wsd", "train.lr_decay_fraction=0.2"])
+    lr = {step: trainer.lr_at(step) for step in (4, 50, 90, 100, 110)}
+    assert lr[4] == pytest.approx(5e-4)  # linear warm-up
+    assert lr[50] == lr[90] == pytest.approx(1e-3)  # stable until 80 % of the post-warm-up steps
+    assert lr[100] == pytest.approx(5.5e-4) and lr[110] == pytest.approx(1e-4)  # then linear to lr_min
+    trainer.cfg.train.max_minutes = 10.0  # time-budgeted: whichever comes first, steps or wall time
+    trainer.start_time -= 9 * 60
+    assert trainer.lr_at(20) == pytest.approx(5.5e-4, rel=1e-3)  # 90 % of the time spent
+    cosine = make_trainer(shapes_data, tmp_path / "cos", base + ["train.lr_schedule=cosine"])
+    assert cosine.lr_at(60) == pytest.approx(5.5e-4) and cosine.lr_at(110) == pytest.approx(1e-4)
+    constant = make_trainer(shapes_data, tmp_path / "const", base)
+    assert constant.lr_at(4) == pytest.approx(5e-4) and constant.lr_at(110) == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="lr_decay_fraction"):
+        load_config(None, ["train.lr_schedule=wsd", "train.lr_decay_fraction=0"])
+
+
 def test_diffusion_section_reaches_the_training_objective():
     from gentron.train.trainer import diffusion_config
 

@@ -88,8 +88,9 @@ class TrainSection:
     grad_accum: int = 1
     lr: float = 1e-4  # GenTron / PixArt: 1e-4 constant
     warmup_steps: int = 0
-    lr_schedule: str = "constant"  # constant | cosine (to lr_min at train.steps, or at max_minutes if sooner)
+    lr_schedule: str = "constant"  # constant | cosine | wsd (to lr_min at train.steps, or at max_minutes if sooner)
     lr_min: float = 0.0
+    lr_decay_fraction: float = 0.2  # wsd: the last share of training (steps or time) that decays linearly to lr_min
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -307,8 +308,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.layout_grid must be 0 (free placement) or ≥ 2, got {cfg.data.layout_grid}")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
-    if cfg.train.lr_schedule not in ("constant", "cosine"):
-        raise ConfigError(f"train.lr_schedule must be constant or cosine, got {cfg.train.lr_schedule!r}")
+    if cfg.train.lr_schedule not in ("constant", "cosine", "wsd"):
+        raise ConfigError(f"train.lr_schedule must be constant, cosine or wsd, got {cfg.train.lr_schedule!r}")
+    if not 0 < cfg.train.lr_decay_fraction <= 1:
+        raise ConfigError(f"train.lr_decay_fraction must be in (0, 1], got {cfg.train.lr_decay_fraction}")
     if cfg.sample.sampler not in ("dpm", "ddim", "ddpm", "sa"):
         raise ConfigError(f"sample.sampler must be dpm, ddim, ddpm or sa, got {cfg.sample.sampler!r}")
     for key in ("steps", "batch_size", "grad_accum"):

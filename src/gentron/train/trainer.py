@@ -584,20 +584,26 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then constant or cosine decay.
+        """Linear warm-up, then constant, cosine decay, or warm-up-stable-decay (``wsd``: constant, then linear to
+        ``lr_min`` over the last ``lr_decay_fraction`` of training).
 
-        With ``max_minutes`` the cosine runs on whichever comes first, steps or wall time, so a
+        With ``max_minutes`` the schedule runs on whichever comes first, steps or wall time, so a
         time-budgeted run (the demo) still ends at ``lr_min`` on a slower machine.
         """
         tc = self.cfg.train
         lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
-        if tc.lr_schedule == "cosine" and step >= tc.warmup_steps:
-            progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-            if tc.max_minutes > 0:
-                progress = max(progress, (time.time() - self.start_time) / (tc.max_minutes * 60))
-            progress = min(progress, 1.0)
-            lr = tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * progress))
-        return lr
+        if tc.lr_schedule == "constant" or step < tc.warmup_steps:
+            return lr
+        progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+        if tc.max_minutes > 0:
+            progress = max(progress, (time.time() - self.start_time) / (tc.max_minutes * 60))
+        progress = min(progress, 1.0)
+        if tc.lr_schedule == "cosine":
+            return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * progress))
+        # wsd: the stable phase keeps the lr high for most of a short run (the cosine spent half of it small),
+        # the final linear decay lands the raw weights where the EMA would lag (docs/demo-recipe.md, 11th round)
+        cooldown = max(0.0, progress - (1 - tc.lr_decay_fraction)) / tc.lr_decay_fraction
+        return tc.lr + (tc.lr_min - tc.lr) * cooldown
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
         """This rank's dataset indices of a micro-batch: its slice of `global_batch_indices`."""
