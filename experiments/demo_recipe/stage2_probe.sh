@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Ninth round (docs/demo-recipe.md): what makes the demo's full-mix stage learn shapes faster?
 #
-# Continues a demo's relations checkpoint (stage 1) for STEPS full-mix steps with the demo recipe (since session 11
-# its lr is constant; with `--set train.lr_schedule=cosine` it anneals over exactly those steps, warm-up = the resumed
-# step), then evaluates 48 held-out prompts per category and, for shape and spatial, 48 seen ones.
-# A probe that changes the data (e.g. data.shape_weights) must also point data.path at a folder of its own.
+# Continues a demo's relations checkpoint (stage 1) for STEPS full-mix steps with the demo recipe (its lr schedule, wsd
+# since session 12, runs over exactly those steps: warm-up = the resumed step), then evaluates 48 held-out prompts per
+# category and, for shape and spatial, 48 seen ones.
+# A probe that changes the data (e.g. data.kinds_weights) must also point data.path at a folder of its own.
 #
 #   bash experiments/demo_recipe/stage2_probe.sh DEMO_OUT NAME STEPS [--set KEY=VALUE ...]
 #
