@@ -20,7 +20,7 @@ ap.add_argument("--weights", nargs="+", choices=("ema", "raw"), default=["ema"])
 args = ap.parse_args()
 for run in args.runs:
     pipe = load_pipeline(run, "cpu", None)  # the run's exported pipeline: EMA weights
-    for weights in args.weights:
+    for weights in [w for w in ("ema", "raw") if w in args.weights]:  # ema first: "raw" overwrites the pipeline's
         if weights == "raw":
             checkpoint = sorted(glob.glob(f"{run}/checkpoints/step_*"))[-1]
             _, unexpected = pipe.transformer.load_state_dict(load_file(f"{checkpoint}/model.safetensors"), strict=False)

@@ -39,7 +39,7 @@ RELATIONS_LOSS = ["diffusion.gradient_loss=0.0"]
 
 
 def relations_overrides(out: Path, steps: int) -> list[str]:
-    """Stage 1 of the demo: spatial scenes only, constant lr after warm-up (as stage 2; EMA does the averaging)."""
+    """Stage 1 of the demo: spatial scenes only, constant lr after warm-up (stage 2 decays at its end, `wsd`)."""
     return RELATIONS_DATA + RELATIONS_LOSS + [f"data.path={out / 'data-relations'}", f"train.steps={steps}",
                              "train.lr_schedule=constant", "train.checkpoint_every=0", "train.keep_checkpoints=1"]
 
@@ -184,7 +184,7 @@ def _shape_gap(result: dict) -> str:
             "blobs or squares, on seen pairs as on held-out ones, so without crosses held-out shape stops at 0.67 "
             "(docs/demo-recipe.md, ninth and tenth rounds). Shape rises with optimizer steps: a `--minutes 60` run "
             "passed 0.7 at ~8k steps and reached 0.83-0.92 at 14-15.5k, where crosses appear, while 15 minutes on "
-            "2 CPU cores give ~3.5-3.7k; so a longer run or `--device cuda` closes it.")
+            "2 CPU cores give ~3.5-4k; so a longer run or `--device cuda` closes it.")
 
 
 def _spatial_gap(result: dict) -> str:
