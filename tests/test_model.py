@@ -232,39 +232,6 @@ def test_text_refiner_starts_as_identity_and_sees_word_order(tmp_path):
         tiny("cross-attn", text_refiner_layers=-1)
 
 
-def test_pixel_head_starts_as_the_plain_model_and_adds_features_in_pixel_layout(tmp_path):
-    """The optional 3x3 output conv (`PixelHead`) is zero at init, so it can be added to a trained model; its per-pixel
-    features are laid out like the prediction (patch p's pixel (i, j) lands where the prediction's does)."""
-    plain = randomize(tiny("cross-attn"))
-    headed = tiny("cross-attn", pixel_head_channels=3)
-    missing = headed.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert sorted(missing) == ["final_layer.pixel_features.bias", "final_layer.pixel_features.weight",
-                               "pixel_head.conv.bias", "pixel_head.conv.weight"]
-    x, t, tok, mask = inputs()
-    ref = call(plain, x, t, tok, mask)
-    assert torch.equal(call(headed, x, t, tok, mask), ref)
-
-    captured = []
-    headed.final_layer.pixel_features.register_forward_hook(lambda mod, args, out: captured.append(out))
-    with torch.no_grad():  # centre tap: output channel c += silu(feature c); nothing from the neighbours
-        headed.pixel_head.conv.weight.zero_()
-        for c in range(3):
-            headed.pixel_head.conv.weight[c, 6 + c, 1, 1] = 1.0
-    out = call(headed, x, t, tok, mask)
-    p, grid = headed.config.patch_size, 8 // headed.config.patch_size
-    features = captured[-1].view(2, grid, grid, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(2, 3, 8, 8)
-    torch.testing.assert_close(out[:, :3], ref[:, :3] + torch.nn.functional.silu(features))
-    torch.testing.assert_close(out[:, 3:6], ref[:, 3:6])
-    out.sum().backward()
-    assert headed.final_layer.pixel_features.weight.grad.abs().sum() > 0
-
-    headed.save_pretrained(tmp_path / "m")
-    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
-    torch.testing.assert_close(call(loaded, x, t, tok, mask), out.detach())
-    with pytest.raises(ValueError, match="pixel_head_channels must be >= 0"):
-        tiny("cross-attn", pixel_head_channels=-1)
-
-
 def test_latent_and_pixel_channels_and_no_sigma():
     m = GenTronTransformer(**zoo_config("GenTron-T/2", conditioning="cross-attn", sample_size=8, in_channels=4,
                                         text_dims=[TEXT_DIM], learn_sigma=False))

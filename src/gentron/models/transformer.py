@@ -533,19 +533,13 @@ class GenTronBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN + linear to patch pixels, zero-initialised so the untrained model predicts zero.
+    """adaLN + linear to patch pixels, zero-initialised so the untrained model predicts zero."""
 
-    With ``pixel_channels > 0`` a second linear also emits that many feature maps per pixel (for `PixelHead`); they
-    follow the prediction's patch pixels in the output's last dimension."""
-
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, single: bool, norm_eps: float = 1e-6,
-                 pixel_channels: int = 0):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, single: bool, norm_eps: float = 1e-6):
         super().__init__()
         self.single = single
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        if pixel_channels:
-            self.pixel_features = nn.Linear(hidden_size, patch_size * patch_size * pixel_channels)
         if single:
             self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
         else:
@@ -560,30 +554,7 @@ class FinalLayer(nn.Module):
             shift, scale = (self.scale_shift_table[None] + cond[:, None]).unbind(1)
         else:
             shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
-        h = modulate(self.norm(x), shift.unsqueeze(1), scale.unsqueeze(1))
-        if hasattr(self, "pixel_features"):
-            return torch.cat([self.linear(h), self.pixel_features(h)], dim=-1)
-        return self.linear(h)
-
-
-class PixelHead(nn.Module):
-    """Sub-patch refinement across patch borders: a zero-initialised 3x3 conv (after U-ViT's output conv).
-
-    A ViT predicts each patch from its own token, so an edge that crosses a patch border (a cross's arm, a square's
-    corner at patch 4) is drawn by two tokens that never agree on it pixel for pixel. The conv sees the prediction and
-    per-pixel features of the neighbouring patches and adds a correction; zero at init, so the model starts as DiT.
-    Not in GenTron, PixArt-α or DiT: an option of the demo's small pixel-space model (docs/demo-recipe.md)."""
-
-    def __init__(self, out_channels: int, pixel_channels: int):
-        super().__init__()
-        self.out_channels = out_channels
-        self.conv = nn.Conv2d(out_channels + pixel_channels, out_channels, kernel_size=3, padding=1)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
-
-    def forward(self, base: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """base: the final layer's prediction (N, out_channels, H, W); features: its (N, pixel_channels, H, W)."""
-        return base + self.conv(torch.cat([base, F.silu(features)], dim=1))
+        return self.linear(modulate(self.norm(x), shift.unsqueeze(1), scale.unsqueeze(1)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -642,11 +613,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         pos_embed_base_size: Optional[int] = None,
         pos_embed_interpolation_scale: float = 1.0,
         norm_eps: float = 1e-6,
-        pixel_head_channels: int = 0,
     ):
         super().__init__()
-        if pixel_head_channels < 0:
-            raise ValueError(f"pixel_head_channels must be >= 0, got {pixel_head_channels}")
         if temporal_every < 1:
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
         if temporal_relative_values and not temporal_pos_embed:
@@ -721,11 +689,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             for i in range(depth)
         )
         self.final_layer = FinalLayer(
-            hidden_size, patch_size, self.out_channels, single=conditioning == "adaln-single", norm_eps=norm_eps,
-            pixel_channels=pixel_head_channels,
+            hidden_size, patch_size, self.out_channels, single=conditioning == "adaln-single", norm_eps=norm_eps
         )
-        if pixel_head_channels:
-            self.pixel_head = PixelHead(self.out_channels, pixel_head_channels)
         self.gradient_checkpointing = False
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._init_weights()
@@ -773,8 +738,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         return i % max(self.num_encoders, 1)
 
     def unpatchify(self, x: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-        p = self.config.patch_size
-        c = x.shape[-1] // (p * p)
+        p, c = self.config.patch_size, self.out_channels
         x = x.view(x.shape[0], grid_h, grid_w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, grid_h * p, grid_w * p)
 
@@ -943,13 +907,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             else:
                 x = block(*args)
 
-        out = self.final_layer(x, t_emb)
-        if cfg.pixel_head_channels:
-            split = p * p * self.out_channels
-            out = self.pixel_head(self.unpatchify(out[..., :split], grid_h, grid_w),
-                                  self.unpatchify(out[..., split:], grid_h, grid_w))
-        else:
-            out = self.unpatchify(out, grid_h, grid_w)
+        out = self.unpatchify(self.final_layer(x, t_emb), grid_h, grid_w)
         if video:
             out = out.view(b, num_frames, *out.shape[1:]).transpose(1, 2)
         if not return_dict:
@@ -985,8 +943,6 @@ def _zero_init_params(module: nn.Module) -> list[nn.Parameter]:
             params.append(module.cross_attn.q_pos.weight)
     if isinstance(module, FinalLayer):
         params += list(module.linear.parameters())
-    if isinstance(module, PixelHead):
-        params += list(module.conv.parameters())
     if isinstance(module, TextRefiner):
         for layer in module.layers:
             params += list(layer["attn"].proj.parameters()) + list(layer["mlp"].fc2.parameters())
