@@ -397,16 +397,21 @@ def test_demo_report_uses_the_budgets_targets(tmp_path):
     """`gentron demo --minutes 60` is judged against the issue's 60-minute bar (shape 0.9, spatial 0.85)."""
     from types import SimpleNamespace
 
-    from gentron.cli.demo import TARGETS, targets_for, write_markdown
+    from gentron.cli.demo import TARGETS, shape_by_shape, targets_for, write_markdown
 
     assert targets_for(15) == TARGETS and targets_for(60) == {"color": 0.9, "shape": 0.9, "spatial": 0.85}
     acc = {"color": 1.0, "shape": 0.8, "count": 0.5, "spatial": 0.75, "complex": 0.0}
     for minutes, missed in ((15, set()), (60, {"shape", "spatial"})):
         targets = targets_for(minutes)
+        report = {"prompts_per_category": 48, "sampler": "dpm", "steps": 20, "guidance": 4.0, "per_prompt": [
+            {"category": "shape", "prompt": "a red circle", "correct": True},
+            {"category": "shape", "prompt": "a blue cross", "correct": False},
+            {"category": "shape", "prompt": "a large yellow cross", "correct": True},
+            {"category": "color", "prompt": "a red square", "correct": False}]}
         result = {"accuracy": acc, "chance": dict.fromkeys(acc, 0.1), "targets": targets, "steps": 10,
                   "targets_met": {k: acc[k] >= v for k, v in targets.items()}, "model": "m", "device": "cpu",
-                  "train_minutes": minutes - 2, "minutes": minutes}
-        report = {"prompts_per_category": 48, "sampler": "dpm", "steps": 20, "guidance": 4.0}
+                  "train_minutes": minutes - 2, "minutes": minutes, "shape_by_shape": shape_by_shape(report)}
+        assert result["shape_by_shape"] == {"circle": [1, 1], "cross": [1, 2]}
         cfg = SimpleNamespace(model=SimpleNamespace(conditioning="cross-attn"))
         write_markdown(tmp_path / "r.md", result, report, cfg, tmp_path / "s.png", tmp_path / "l.png")
         text = (tmp_path / "r.md").read_text()
@@ -414,6 +419,7 @@ def test_demo_report_uses_the_budgets_targets(tmp_path):
         for cat in missed:
             assert f"- {cat}: {acc[cat]:.3f} < {targets[cat]}" in text
         assert ("| spatial | 0.750 | 0.100 | 0.85 | **not met** (target 0.85) |" in text) == (minutes == 60)
+        assert ("per shape: circle 1/1, cross 1/2; crosses are what is missing" in text) == (minutes == 60)
 
 
 def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monkeypatch):
@@ -438,6 +444,7 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data-relations")} == {"spatial"}
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data")} == {"single", "count", "spatial", "complex"}
     assert result["stages"]["relations"]["steps"] == 3 and result["stages"]["mix"]["steps"] == result["steps"] == 5
+    assert sum(n for _, n in result["shape_by_shape"].values()) == 1  # one held-out shape prompt, by its shape
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 5]  # resumed at the relations stage's step
     first = load_checkpoint(tmp_path / "relations" / "checkpoints" / "step_0000003")["model"]

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from gentron.models.transformer import GenTronTransformer, count_parameters, zoo_config
+from gentron.train.distributed import compile_blocks
 
 MODES = ("cross-attn", "adaln-single", "class")
 TEXT_DIMS = {"minilm": 384, "clip": 768, "t5": 4096, "flan-t5-xxl": 4096, "t5-xxl": 4096}
@@ -179,12 +180,6 @@ def build_peer(cfg: BenchConfig, mode: str, gentron: Optional[GenTronTransformer
 
 def peer_blocks(peer: nn.Module) -> nn.ModuleList:
     return peer.transformer_blocks
-
-
-def compile_blocks(blocks: nn.ModuleList) -> None:
-    """Regional compilation: each transformer block is compiled (in place), the glue stays eager."""
-    for blk in blocks:
-        blk.compile()
 
 
 # ----------------------------------------------------------------------------------------------

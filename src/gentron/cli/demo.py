@@ -129,6 +129,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
         "minutes": total_min,
         "train_minutes": sum(s["minutes"] for _, _, s in stages),
         "steps": summary["steps"],
+        "shape_by_shape": shape_by_shape(report),
         "stages": {name: {"steps": s["steps"], "minutes": s["minutes"], "run_dir": str(d)} for name, d, s in stages},
         "targets": targets,
         "targets_met": {k: report["accuracy"].get(k, 0.0) >= v for k, v in targets.items()},
@@ -178,13 +179,30 @@ def plot_loss(metrics: Path | list[Path], out: Path) -> Path:
     return out
 
 
+def shape_by_shape(report: dict) -> dict[str, list[int]]:
+    """Held-out shape prompts per shape, ``{shape: [correct, prompts]}`` (a shape prompt ends with its shape)."""
+    counts: dict[str, list[int]] = {}
+    for p in report["per_prompt"]:
+        if p["category"] == "shape":
+            c = counts.setdefault(p["prompt"].split()[-1], [0, 0])
+            c[0] += int(p["correct"])
+            c[1] += 1
+    return dict(sorted(counts.items()))
+
+
 def _shape_gap(result: dict) -> str:
-    return (f"Shape ({result['steps']} steps here): circles, squares and most triangles come out right; crosses, a "
-            "third of the held-out shape prompts (two of the six held-out colour-shape pairs), mostly come out as "
-            "blobs or squares, on seen pairs as on held-out ones, so without crosses held-out shape stops at 0.67 "
-            "(docs/demo-recipe.md, ninth and tenth rounds). Shape rises with optimizer steps: a `--minutes 60` run "
-            "passed 0.7 at ~8k steps and reached 0.83-0.92 at 14-15.5k, where crosses appear, while 15 minutes on "
-            "2 CPU cores give ~3.5-4k; so a longer run or `--device cuda` closes it.")
+    from gentron.data.shapes import PLURALS
+
+    per = result.get("shape_by_shape") or {}
+    here = ""
+    if per:
+        worst = min(per, key=lambda s: per[s][0] / per[s][1])
+        here = (", per shape: " + ", ".join(f"{s} {a}/{n}" for s, (a, n) in per.items())
+                + f"; {PLURALS.get(worst, worst)} are what is missing")
+    return (f"Shape ({result['steps']} steps here{here}). Crosses are the last shape the model learns to draw, and "
+            "two of the six held-out colour-shape pairs are crosses. Shape rises with optimizer steps: with this "
+            "recipe 15 minutes on 2 CPU cores (~3.6k steps) reached 0.60 and `--minutes 60` (14.2k steps) 0.90 "
+            "(docs/demo-recipe.md, ninth to twelfth rounds); a longer run or `--device cuda` closes the gap.")
 
 
 def _spatial_gap(result: dict) -> str:

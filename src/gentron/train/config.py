@@ -111,6 +111,7 @@ class TrainSection:
     parallel: str = "none"  # none | ddp | fsdp (FSDP2 fully_shard per block + root); needs torchrun for >1 process
     activation_checkpointing: str = "off"  # off | all | every_k (recompute every ac_every-th block)
     ac_every: int = 2
+    compile: bool = False  # regional torch.compile: each block compiled in place (needs a C++ compiler on CPU)
     fsdp_param_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32; gradients reduce in fp32
     max_nonfinite_in_a_row: int = 20  # stop with an error after this many skipped non-finite steps (0 = never)
     peak_tflops: float = 0.0  # per-device peak for the MFU estimate (0 = guess from the device)
