@@ -201,8 +201,9 @@ def _shape_gap(result: dict) -> str:
                 + f"; {PLURALS.get(worst, worst)} are what is missing")
     return (f"Shape ({result['steps']} steps here{here}). Crosses are the last shape the model learns to draw, and "
             "two of the six held-out colour-shape pairs are crosses. Shape rises with optimizer steps: with this "
-            "recipe 15 minutes on 2 CPU cores (~3.6k steps) reached 0.60 and `--minutes 60` (14.2k steps) 0.90 "
-            "(docs/demo-recipe.md, ninth to twelfth rounds); a longer run or `--device cuda` closes the gap.")
+            "recipe 15 minutes on 2 CPU cores (~3.6k steps) reached 0.52-0.60 and `--minutes 60` (14.2k steps) 0.896 "
+            "(docs/demo-recipe.md, ninth to twelfth rounds); more steps (a longer `--minutes`, or `--device cuda`) are "
+            "what raises it.")
 
 
 def _spatial_gap(result: dict) -> str:
