@@ -190,7 +190,7 @@ def test_compiled_blocks_train_like_eager_and_keep_parameter_names(shapes_data, 
 
     assert load_file(saved[0]).keys() == load_file(saved[1]).keys()
     assert (tmp_path / "compiled" / "pipeline" / "model_index.json").is_file()
-    monkeypatch.setattr("gentron.train.trainer.shutil.which", lambda name: None)
+    monkeypatch.setattr("gentron.train.distributed.shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         make_trainer(shapes_data, tmp_path / "no-compiler", steps + ["train.compile=true"])
 

@@ -5,11 +5,11 @@ Eleventh round: ``--weights ema raw`` also scores the last checkpoint's raw weig
 """
 
 import argparse
-import collections
 import glob
 
 from safetensors.torch import load_file
 
+from gentron.cli.demo import shape_by_shape
 from gentron.cli.main import autocast_for, load_pipeline
 from gentron.eval.shapes_eval import evaluate_shapes
 
@@ -30,10 +30,6 @@ for run in args.runs:
             with autocast_for("cpu"):
                 r = evaluate_shapes(pipe, split=split, n_per_category=args.num, steps=20, guidance=4.0, seed=0,
                                     categories=("shape",))
-            per = collections.defaultdict(lambda: [0, 0])
-            for p in r["per_prompt"]:
-                counts = per[p["prompt"].split()[-1]]  # the prompt's last word is its shape
-                counts[0] += p["correct"]
-                counts[1] += 1
-            line.append(f"{split} {r['accuracy']['shape']:.3f} (" + ", ".join(f"{s} {a}/{n}" for s, (a, n) in sorted(per.items())) + ")")
+            per = shape_by_shape(r)
+            line.append(f"{split} {r['accuracy']['shape']:.3f} (" + ", ".join(f"{s} {a}/{n}" for s, (a, n) in per.items()) + ")")
         print(" | ".join(line), flush=True)

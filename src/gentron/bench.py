@@ -498,8 +498,8 @@ def run_pair(cfg: BenchConfig, mode: str, precision: str, log: Callable[[str], N
     peer = build_peer(cfg, mode, gentron).to(device)
     row = Row(mode, precision, count_parameters(gentron), count_parameters(peer), type(peer).__name__)
     if cfg.compile:
-        compile_blocks(gentron.blocks)
-        compile_blocks(peer_blocks(peer))
+        compile_blocks(gentron.blocks, device)
+        compile_blocks(peer_blocks(peer), device)
     peak = None
     if device.type == "cuda":
         peak = cfg.peak_tflops or cfg.notes.setdefault("peak_tflops", measured_peak_tflops(device))

@@ -180,7 +180,7 @@ def plot_loss(metrics: Path | list[Path], out: Path) -> Path:
 
 
 def shape_by_shape(report: dict) -> dict[str, list[int]]:
-    """Held-out shape prompts per shape, ``{shape: [correct, prompts]}`` (a shape prompt ends with its shape)."""
+    """An evaluation's shape prompts per shape, ``{shape: [correct, prompts]}`` (a shape prompt ends with its shape)."""
     counts: dict[str, list[int]] = {}
     for p in report["per_prompt"]:
         if p["category"] == "shape":

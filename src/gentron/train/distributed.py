@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -178,12 +179,18 @@ def apply_activation_checkpointing(model: nn.Module, mode: str, every: int = 2) 
     return ids
 
 
-def compile_blocks(blocks: nn.ModuleList) -> None:
+def compile_blocks(blocks: nn.ModuleList, device: torch.device) -> None:
     """Regional compilation (as torchtitan): each transformer block is compiled in place and the glue stays eager.
 
     One block graph is traced once and reused by every block of the same structure, so compile time does not grow
     with depth; in place (``Module.compile``), so parameter names and checkpoints are unchanged. Applied after
-    activation checkpointing and before FSDP2, the order torchtitan uses."""
+    activation checkpointing and before FSDP2, the order torchtitan uses. On CPU, inductor generates C++: without a
+    compiler it would fail deep inside the first step, so that is a config error here."""
+    if torch.device(device).type == "cpu" and not any(shutil.which(c) for c in ("g++", "clang++", "c++")):
+        from gentron.train.config import ConfigError
+
+        raise ConfigError("torch.compile on CPU needs a C++ compiler (g++ or clang++) for its CPU backend; install "
+                          "one, or compile nothing (train.compile=false; `gentron bench` without --compile)")
     for block in blocks:
         block.compile()
 

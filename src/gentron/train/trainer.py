@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -366,10 +365,7 @@ class Trainer:
         self.ac_blocks = D.apply_activation_checkpointing(self.model, cfg.train.activation_checkpointing,
                                                           cfg.train.ac_every)
         if cfg.train.compile:
-            if self.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "clang++", "c++")):
-                raise ConfigError("train.compile on CPU needs a C++ compiler (g++ or clang++) for torch.compile's "
-                                  "CPU backend; install one or set train.compile=false")
-            D.compile_blocks(self.model.blocks)
+            D.compile_blocks(self.model.blocks, self.device)
         fsdp_dtype = {"bf16": torch.bfloat16, "fp32": None}.get(
             cfg.train.fsdp_param_dtype, torch.bfloat16 if self.device.type == "cuda" else None)
         self.train_model = D.wrap_model(self.model, self.parallel, self.ctx, fsdp_dtype)
