@@ -11,9 +11,9 @@ differences are the order of float additions in the gradient all-reduce and the 
 
 import json
 import os
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,16 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_overrides  # noqa: E402
 
+from gentron.train.distributed import free_port  # noqa: E402
+
 RTOL = 1e-5
 STEPS = 4
 BASE = ["train.steps=4", "train.log_every=1", "train.checkpoint_every=2", "train.keep_checkpoints=1",
         "sample.prompts=[]", "train.grad_accum=2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -42,7 +38,7 @@ def _losses(run_dir: Path) -> list[float]:
 
 def _launch_ranks(argv: list[str], world: int = 2, timeout: int = 600) -> None:
     """Start ``world`` processes with the environment torchrun would give them and wait for all."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
@@ -92,6 +88,19 @@ def _worker(data: str, out: str) -> None:
     run("fsdp", "fsdp", STEPS, extra=ac)
     run("fsdp_resumed", "fsdp", STEPS // 2, extra=ac)
     run("fsdp_resumed", "fsdp", STEPS, resume="auto", extra=ac)
+
+    # A wall-clock budget with an lr that decays by wall time (the demo's wsd): every rank must read the same clock,
+    # or each optimizer applies its own lr and the replicas drift apart.
+    timed = ["train.batch_size=4", "train.parallel=ddp", "train.steps=100000", "train.max_minutes=0.05",
+             "train.lr_schedule=wsd", "train.lr_decay_fraction=1.0", "train.warmup_steps=0", "train.checkpoint_every=0"]
+    t = Trainer(load_config(None, tiny_overrides(data) + BASE + timed), out_dir / "timed", log=lambda s: None,
+                show_progress=False)
+    t.start_time = time.time()  # each rank its own start, as processes that finished loading at different times
+    t.fit()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in t.model.state_dict().items()},
+              out_dir / f"timed.rank{dist.get_rank()}.safetensors")
     dist.barrier()
     dist.destroy_process_group()
 
@@ -146,6 +155,16 @@ def test_two_process_resume_is_bit_identical(two_process_runs, name):
     assert meta["world_size"] == 2 and meta["data"]["global_batch"] == 16 and meta["gentron_version"]
 
 
+def test_ranks_of_a_time_budgeted_run_share_one_clock(two_process_runs):
+    """With `max_minutes` the lr schedule runs on wall time; both ranks' replicas stay bit-identical."""
+    a, b = (_weights(two_process_runs / f"timed.rank{r}.safetensors") for r in (0, 1))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lrs = [json.loads(line)["lr"] for line in (two_process_runs / "timed" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) >= 3 and lrs[-1] < 0.5 * lrs[0]  # the lr did follow the clock down
+
+
 def test_torchrun_cli(shapes_data, tmp_path):
     """`torchrun --nproc_per_node=2 -m gentron train CFG` end to end (DDP, gloo)."""
     import shutil
@@ -154,7 +173,7 @@ def test_torchrun_cli(shapes_data, tmp_path):
     if torchrun is None:
         pytest.skip("torchrun not on PATH")
     run = tmp_path / "run"
-    args = [torchrun, "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "gentron", "train",
+    args = [torchrun, "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "gentron", "train",
             str(REPO / "configs" / "shapes-tiny.yaml"), "--out", str(run)]
     for s in tiny_overrides(shapes_data) + ["train.steps=2", "train.batch_size=2", "train.parallel=ddp",
                                             "train.checkpoint_every=0", "sample.prompts=[]"]:

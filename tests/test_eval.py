@@ -439,7 +439,7 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     sets = ["model.resolution=16", "data.num=64", "train.steps=5", "train.log_every=1", "train.precision=fp32",
             "model.overrides={hidden_size: 32, num_heads: 2, mlp_hidden_size: 64, depth: 2, text_whitening: true}",
             "sample.steps=2", "sample.prompts=[a red circle]"]
-    result = demo.run_demo(tmp_path, minutes=3, device="cpu", overrides=sets, relations_steps=3)
+    result = demo.run_demo(tmp_path, minutes=3, device="cpu", overrides=sets, relations_steps=3, processes=1)
 
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data-relations")} == {"spatial"}
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data")} == {"single", "count", "spatial", "complex"}
@@ -465,3 +465,38 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
         load_config(demo.recipe_path()).diffusion.gradient_loss > 0
     assert (tmp_path / "loss.png").is_file()
     assert "(3 steps on two-object scenes, then 2 on the full mix)" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_in_two_processes_trains_as_one(tmp_path, monkeypatch):
+    """On a 2-core CPU the demo trains its stages as two data-parallel processes of one thread each (the global batch
+    unchanged): the same weights as one process, to float rounding, and the report says how it trained."""
+    import os
+
+    from safetensors.torch import load_file
+
+    import gentron.eval.shapes_eval as shapes_eval
+    from gentron.cli import demo
+
+    monkeypatch.setattr(demo, "RELATIONS_DATA", ["data.kinds_weights={spatial: 1.0}", "data.num=48"])
+    evaluate = shapes_eval.evaluate_shapes
+    monkeypatch.setattr(shapes_eval, "evaluate_shapes", lambda pipe, **k: evaluate(pipe, **{**k, "n_per_category": 1}))
+    sets = ["model.resolution=16", "data.num=64", "train.steps=4", "train.log_every=1", "train.precision=fp32",
+            "model.overrides={hidden_size: 32, num_heads: 2, mlp_hidden_size: 64, depth: 2, text_whitening: true}",
+            "sample.steps=2", "sample.prompts=[]"]
+    weights, results = {}, {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        results[n] = demo.run_demo(out, minutes=3, device="cpu", overrides=sets, relations_steps=2, processes=n)
+        weights[n] = load_file(next((out / "run" / "checkpoints").glob("step_*")) / "model.safetensors")
+    assert results[2]["processes"] == 2 and results[1]["processes"] == 1 and results[2]["steps"] == 4
+    assert "min on cpu: fp32" in (tmp_path / "p2" / "report.md").read_text()
+    assert ", 2 training processes; whole" in (tmp_path / "p2" / "report.md").read_text()
+    summary = json.loads((tmp_path / "p2" / "run" / "summary.json").read_text())
+    assert summary["parallel"] == "ddp" and summary["global_batch"] == 32
+    for k, v in weights[1].items():
+        torch.testing.assert_close(weights[2][k].float(), v.float(), rtol=1e-5, atol=1e-6, msg=k)
+    cores, n = len(os.sched_getaffinity(0)), demo.demo_processes(0, "cpu", 32)
+    assert 32 % n == 0 and n <= cores and (n == cores or 32 % cores)  # one per core, unless that splits no batch
+    assert demo.demo_processes(0, "cpu", 3) in (1, 3) and demo.demo_processes(4, "cpu", 32) == 4
+    with pytest.raises(ValueError, match="must divide the batch size"):
+        demo.demo_processes(3, "cpu", 32)

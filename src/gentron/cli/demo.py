@@ -6,8 +6,11 @@ why each of its choices was made is in ``docs/demo-recipe.md``.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -56,8 +59,89 @@ def whitening_captions(cfg) -> Optional[list[str]]:
     return list(prepare_dataset(cfg).captions)
 
 
+# ------------------------------------------------------------------------------------------------
+# Training a stage within its time budget, in one process or as data-parallel processes on the CPU cores
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageBudget:
+    """A stage's training time: ``share`` of what the demo (started at ``t0``, ``total`` minutes, ``reserve`` kept for
+    evaluation) has left once the stage's data and captions are ready, and never under ``floor`` minutes."""
+
+    t0: float
+    total: float
+    reserve: float
+    share: float = 1.0
+    floor: float = 0.5
+
+    def minutes(self, now: float) -> float:
+        return max(self.floor, self.share * (self.total - (now - self.t0) / 60 - self.reserve))
+
+
+def demo_processes(requested: int, device: str, batch_size: int) -> int:
+    """How many training processes the demo uses: on the CPU one per core (a divisor of the batch, so the global
+    batch and therefore the recipe are unchanged), one on a GPU.
+
+    Why: the demo model's matrices are small, so a second thread inside one process buys only ~1.2x (2-core EPYC,
+    fp32), while two single-threaded data-parallel processes on the two halves of each batch run ~1.8x
+    (docs/demo-recipe.md, thirteenth round)."""
+    import torch
+
+    if requested > 0:
+        if batch_size % requested:
+            raise ValueError(f"--processes {requested} must divide the batch size {batch_size}")
+        return requested
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, min(cores, batch_size))
+    while batch_size % n:
+        n -= 1
+    return n
+
+
+def train_stage(cfg, run_dir: Path, budget: StageBudget, label: str, processes: int = 1,
+                resume: Optional[str] = None, whitening: Optional[list[str]] = None) -> dict:
+    """Train one stage until its steps or its time budget run out; returns the trainer's summary.
+
+    ``processes > 1`` trains data-parallel (DDP over gloo) in that many local processes of one thread each, every one
+    on ``batch_size / processes`` of each global batch: the same optimisation as one process, split across cores."""
+    from gentron.train import distributed as D
+
+    if processes > 1:
+        D.run_local_ranks(_train_stage_rank, processes, cfg, str(run_dir), budget, label, resume, whitening)
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    from gentron.train.trainer import Trainer
+
+    return _fit_within(Trainer(cfg, run_dir, resume=resume, whitening_captions=whitening), budget, label)
+
+
+def _train_stage_rank(cfg, run_dir: str, budget: StageBudget, label: str, resume: Optional[str],
+                      whitening: Optional[list[str]]) -> None:
+    """One rank of `train_stage` (runs in a process of its own)."""
+    from gentron.train.trainer import Trainer
+
+    world = int(os.environ["WORLD_SIZE"])
+    cfg = copy.deepcopy(cfg)
+    cfg.train.parallel, cfg.train.threads = "ddp", 1
+    cfg.train.batch_size //= world
+    _fit_within(Trainer(cfg, run_dir, resume=resume, whitening_captions=whitening), budget, label)
+
+
+def _fit_within(trainer, budget: StageBudget, label: str) -> dict:
+    from gentron.train import distributed as D
+
+    trainer.start_time = D.broadcast_object(time.time(), trainer.ctx)  # one clock for every rank
+    trainer.cfg.train.max_minutes = budget.minutes(trainer.start_time)
+    procs = f" ({trainer.ctx.world} processes)" if trainer.ctx.enabled else ""
+    trainer.log(f"gentron demo: {label}, at most {trainer.cfg.train.max_minutes:.1f} min{procs}")
+    return trainer.fit()
+
+
 def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
-             overrides: Optional[list[str]] = None, relations_steps: Optional[int] = None) -> dict:
+             overrides: Optional[list[str]] = None, relations_steps: Optional[int] = None,
+             processes: int = 0) -> dict:
     """The image demo: [relations stage →] mixed stage → held-out evaluation → ``out/report.md``.
 
     ``out/run`` is the finished run (resumable, and what ``demo --video`` starts from); the relations stage,
@@ -70,7 +154,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     from gentron.cli.main import autocast_for, format_accuracy_table, load_pipeline
     from gentron.eval.shapes_eval import evaluate_shapes, write_report
     from gentron.train.config import load_config
-    from gentron.train.trainer import Trainer
+    from gentron.train.trainer import cpu_has_native_bf16, resolve_autocast, resolve_device
 
     t0 = time.time()
     out = Path(out)
@@ -90,30 +174,24 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     # Training gets what is left after data generation and caption encoding, minus a reserve for
     # sampling 240 evaluation prompts and writing the report (~0.8 min for the demo model on 2 cores).
     reserve = 1.5 if total <= 30 else 3.0
-
-    def minutes_left() -> float:
-        return total - (time.time() - t0) / 60 - reserve
-
     relations_steps = RELATIONS_STEPS if relations_steps is None else relations_steps
+    processes = demo_processes(processes, device, cfg.train.batch_size)
     stages = []
     resume = None
     if relations_steps > 0:
         cfg_rel = load_config(recipe_path(), sets + relations_overrides(out, relations_steps))
-        trainer = Trainer(cfg_rel, out / "relations", whitening_captions=whitening_captions(cfg))
-        trainer.cfg.train.max_minutes = max(0.25, RELATIONS_SHARE * minutes_left())
-        trainer.start_time = time.time()
-        print(f"gentron demo: stage 1 (relations): up to {relations_steps} steps on two-object scenes, "
-              f"at most {trainer.cfg.train.max_minutes:.1f} min")
-        stages.append(("relations", out / "relations", trainer.fit()))
+        budget = StageBudget(t0, total, reserve, share=RELATIONS_SHARE, floor=0.25)
+        label = f"stage 1 (relations): up to {relations_steps} steps on two-object scenes"
+        stages.append(("relations", out / "relations",
+                       train_stage(cfg_rel, out / "relations", budget, label, processes,
+                                   whitening=whitening_captions(cfg))))
         resume = stages[-1][2]["checkpoint"]
-    trainer = Trainer(cfg, out / "run", resume=resume)
-    trainer.cfg.train.max_minutes = max(0.5, minutes_left())
-    trainer.start_time = time.time()
-    print(f"gentron demo: {'stage 2 (full mix): ' if stages else ''}training for {trainer.cfg.train.max_minutes:.1f} min")
-    stages.append(("mix", out / "run", trainer.fit()))
+    label = "stage 2 (full mix): training" if stages else "training"
+    stages.append(("mix", out / "run", train_stage(cfg, out / "run", StageBudget(t0, total, reserve), label, processes,
+                                                   resume=resume)))
     summary = stages[-1][2]
 
-    pipe = load_pipeline(str(out / "run"), device=str(trainer.device))
+    pipe = load_pipeline(str(out / "run"), device=str(resolve_device(cfg.train.device)))
     ev = cfg.sample
     with autocast_for(str(pipe.device)):
         report = evaluate_shapes(pipe, split="heldout", n_per_category=48, steps=ev.steps, guidance=ev.guidance,
@@ -134,7 +212,10 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
         "targets": targets,
         "targets_met": {k: report["accuracy"].get(k, 0.0) >= v for k, v in targets.items()},
         "model": cfg.model.name,
-        "device": str(trainer.device),
+        "device": str(pipe.device),
+        "precision": "bf16" if resolve_autocast(cfg.train.precision, pipe.device) else "fp32",
+        "processes": processes,
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "run_dir": str(out / "run"),
     }
     (out / "report.json").write_text(json.dumps(result, indent=1))
@@ -228,6 +309,14 @@ def stages_text(result: dict) -> str:
     return f" ({rel['steps']} steps on two-object scenes, then {result['steps'] - rel['steps']} on the full mix)"
 
 
+def hardware_text(result: dict) -> str:
+    """Precision and processes, for the report's first line: what decides how many steps 15 minutes buy."""
+    procs = result.get("processes", 1)
+    no_bf16 = str(result.get("device", "")).startswith("cpu") and result.get("cpu_native_bf16") is False
+    return (f"{result.get('precision', 'fp32')}{' (this CPU has no native bf16)' if no_bf16 else ''}, "
+            f"{procs} training process{'es' if procs > 1 else ''}")
+
+
 def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss_png: Path) -> None:
     rows = []
     for cat, acc in result["accuracy"].items():
@@ -246,8 +335,9 @@ def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss
         )
     text = f"""# gentron demo report
 
-Model {result['model']} ({cfg.model.conditioning}, MiniLM text encoder), {result['steps']} training steps in
-{result['train_minutes']:.1f} min on {result['device']}{stages_text(result)}; whole demo {result['minutes']:.1f} min.
+Model {result['model']} ({cfg.model.conditioning}, MiniLM text encoder), {result['steps']} training
+steps{stages_text(result)} in {result['train_minutes']:.1f} min on {result['device']}: {hardware_text(result)}; whole
+demo {result['minutes']:.1f} min.
 Held-out prompts ({report['prompts_per_category']} per category; (colour, shape) pairs and spatial pairs never
 seen in training), {report['sampler']} {report['steps']} steps, guidance {report['guidance']}.
 
@@ -287,6 +377,8 @@ def video_demo_overrides(out: Path, minutes: float) -> list[str]:
         "video.p_motion_free=0.5",
         "video.motion_free_source=image",
         "train.batch_size=8",
+        "train.parallel=none",  # one process with all cores (an image demo trained in several saves them per rank)
+        "train.threads=0",
         "train.lr=3.0e-4",
         "train.warmup_steps=20",
         "train.lr_schedule=constant",

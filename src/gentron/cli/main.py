@@ -274,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        init_from=args.init_from)
         return 0
     run_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set,
-             relations_steps=args.relations_steps)
+             relations_steps=args.relations_steps, processes=args.processes)
     return 0
 
 
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     s.add_argument("--relations-steps", type=int, default=None, metavar="N",
                    help="steps of the first stage, on two-object scenes only (default 1500; 0 = one stage on the full mix)")
+    s.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="training processes (data-parallel, one thread each; default: one per CPU core, 1 on a GPU)")
     s.add_argument("--video", action="store_true",
                    help="T2V demo: continue the image demo in --out (run first if missing) as a T2V model on moving "
                         "shapes; --minutes is then this stage's budget (default 15)")

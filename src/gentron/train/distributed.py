@@ -13,9 +13,10 @@ import io
 import os
 import pickle
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -74,6 +75,28 @@ def init_from_env(device: torch.device) -> DistContext:
                        owns_group=owns)
 
 
+def free_port() -> int:
+    """A free TCP port on this machine for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local_ranks(fn: Callable[..., None], world: int, *args: Any) -> None:
+    """Run ``fn(*args)`` in ``world`` fresh processes on this machine, each with the environment torchrun would give
+    it (``RANK``, ``WORLD_SIZE``, rendezvous on localhost), so a `Trainer` built inside joins one process group.
+    ``fn`` must be importable (a module-level function); an exception in any rank is raised here."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_local_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def _local_rank_entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    fn(*args)
+
+
 # ------------------------------------------------------------------------------------------------
 # Collectives (no-ops in a single process)
 # ------------------------------------------------------------------------------------------------
@@ -87,12 +110,13 @@ def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t / ctx.world
 
 
-def all_reduce_max(value: float, ctx: DistContext) -> float:
+def all_reduce_max(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Element-wise maximum of a small host tensor over all ranks (returned on the host)."""
     if not ctx.enabled:
-        return value
-    t = torch.tensor([float(value)], device=ctx.device)
+        return values
+    t = values.to(ctx.device).clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return t.cpu()
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:

@@ -396,6 +396,7 @@ class Trainer:
         self._nonfinite_run = torch.zeros((), dtype=torch.long, device=self.device)
         self._nonfinite_longest = torch.zeros((), dtype=torch.long, device=self.device)
         self.start_time = time.time()
+        self._agreed_elapsed = 0.0  # multi-process runs: the slowest rank's clock at the last step (see `elapsed_s`)
         self._stop_requested = False
         if resume:
             self._resume(resume)
@@ -598,7 +599,7 @@ class Trainer:
             return lr
         progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
         if tc.max_minutes > 0:
-            progress = max(progress, (time.time() - self.start_time) / (tc.max_minutes * 60))
+            progress = max(progress, self.elapsed_s() / (tc.max_minutes * 60))
         progress = min(progress, 1.0)
         if tc.lr_schedule == "cosine":
             return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * progress))
@@ -606,6 +607,14 @@ class Trainer:
         # the final linear decay lands the raw weights where the EMA would lag (docs/demo-recipe.md, 11th round)
         cooldown = max(0.0, progress - (1 - tc.lr_decay_fraction)) / tc.lr_decay_fraction
         return tc.lr + (tc.lr_min - tc.lr) * cooldown
+
+    def elapsed_s(self) -> float:
+        """Seconds since ``start_time`` for the time-based lr schedule. With several processes every rank uses the
+        value all of them agreed on at the previous step (the slowest clock), so each rank's optimizer applies the
+        same lr and the replicas stay identical; rank clocks read on their own would drift apart by microseconds."""
+        if self.ctx.enabled:
+            return self._agreed_elapsed
+        return time.time() - self.start_time
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
         """This rank's dataset indices of a micro-batch: its slice of `global_batch_indices`."""
@@ -885,8 +894,9 @@ class Trainer:
                     flag = 1.0 if self._stop_requested else 0.0
                     if deadline is not None and time.time() > deadline:
                         flag = max(flag, 0.5)
-                    if self.ctx.enabled:
-                        flag = D.all_reduce_max(flag, self.ctx)
+                    if self.ctx.enabled:  # one collective for both: the stop flag and the schedule's clock
+                        flag, self._agreed_elapsed = D.all_reduce_max(
+                            torch.tensor([flag, time.time() - self.start_time], dtype=torch.float64), self.ctx).tolist()
                     self._stop_requested = flag >= 1.0
                     out_of_time = 0.0 < flag < 1.0
                     last = self.step >= cfg.train.steps
