@@ -385,3 +385,27 @@ def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, t
     assert text.startswith("# gentron demo report") and "image table" in text and "## Text-to-video" in text
     with Image.open(tmp_path / "video-samples.gif") as gif:
         assert gif.n_frames == 4
+
+
+def test_t2v_trains_in_two_processes_as_in_one(video_run, tmp_path):
+    """`gentron demo --video` trains data-parallel on a multi-core CPU: two processes, each on its half of every
+    joint image-video batch (with the per-sample motion-free masks of its half), end with the one-process weights."""
+    import time
+
+    from safetensors.torch import load_file
+
+    from gentron.cli.demo import StageBudget, train_stage
+    from gentron.train.config import load_config
+
+    tmp, _ = video_run
+    cfg = load_config(None, _overrides(tmp) + [
+        "model.temporal_layers=true", "video.num_frames=4", f"video.path={tmp / 'vid'}", "video.num=8",
+        "video.p_motion_free=0.5", f"video.init_from={tmp / 't2i'}", "train.steps=3"])
+    weights = {}
+    for n in (1, 2):
+        summary = train_stage(cfg, tmp_path / f"p{n}", StageBudget(time.time(), total=10, reserve=0), "t2v", n)
+        assert summary["steps"] == 3 and summary["parallel"] == ("ddp" if n == 2 else "none")
+        weights[n] = load_file(tmp_path / f"p{n}" / "checkpoints" / "step_0000003" / "model.safetensors")
+    assert any(k.startswith("blocks.0.temporal_attn.") for k in weights[1])
+    for k, v in weights[1].items():
+        torch.testing.assert_close(weights[2][k].float(), v.float(), rtol=1e-5, atol=1e-6, msg=k)

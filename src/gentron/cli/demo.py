@@ -392,7 +392,7 @@ def video_demo_overrides(out: Path, minutes: float) -> list[str]:
 
 def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
                    overrides: Optional[list[str]] = None, init_from: Optional[str] = None,
-                   eval_prompts: int = 24, motion_guidance: float = 1.15) -> dict:
+                   eval_prompts: int = 24, motion_guidance: float = 1.15, processes: int = 0) -> dict:
     """Continue the image demo in ``out`` (``out/run``; it is run first when missing) or ``init_from`` as a
     T2V model: joint image-video fine-tuning with the motion-free mask, then clips for held-out
     moving-shapes prompts at each λ_M of :data:`MOTION_GUIDANCE_SWEEP` and the video report."""
@@ -400,7 +400,7 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     from gentron.eval.video_eval import evaluate_video_shapes, format_video_table
     from gentron.pipelines import make_grid
     from gentron.train.config import load_config
-    from gentron.train.trainer import Trainer
+    from gentron.train.trainer import resolve_device
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,7 +408,7 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
         init_from = str(out / "run")
         if not (out / "run" / "pipeline").is_dir():
             print(f"gentron demo --video: no image demo in {out} yet; running it first")
-            run_demo(out, device=device)
+            run_demo(out, device=device, processes=processes)
         else:
             print(f"gentron demo --video: continuing from the image demo's model in {init_from}")
     base = Path(init_from) / "config.yaml"
@@ -419,14 +419,13 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     sweep = sorted({*MOTION_GUIDANCE_SWEEP, motion_guidance})
     sets = video_demo_overrides(out, budget) + [f"video.init_from={init_from}", f"train.device={device}"]
     cfg = load_config(base, sets + list(overrides or []))
-    trainer = Trainer(cfg, out / "t2v")  # generates the clips on first use
-    reserve = 0.85 * len(sweep) + 0.4  # minutes for the λ_M sweep's clips and the report (measured: 2.7 min on 2 cores)
-    trainer.cfg.train.max_minutes = max(0.5, budget - (time.time() - t0) / 60 - reserve)
-    trainer.start_time = time.time()
-    print(f"gentron demo --video: T2V fine-tuning for {trainer.cfg.train.max_minutes:.1f} min from {init_from}")
-    summary = trainer.fit()
+    reserve = 0.85 * len(sweep) + 0.4  # minutes for the λ_M sweep and the report (measured: 2.7 min on 2 cores)
+    processes = demo_processes(processes, device, cfg.train.batch_size)
+    # the trainer generates the clips on first use; the stage's time starts once they and the captions are ready
+    summary = train_stage(cfg, out / "t2v", StageBudget(t0, budget, reserve),
+                          f"T2V fine-tuning (--video) from {init_from}", processes)
 
-    pipe = load_pipeline(str(out / "t2v"), device=str(trainer.device))
+    pipe = load_pipeline(str(out / "t2v"), device=str(resolve_device(cfg.train.device)))
     reports = {}
     with autocast_for(str(pipe.device)):
         for lam in sweep:
@@ -443,7 +442,8 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     accuracy = {k: v for k, v in report["accuracy"].items() if k in VIDEO_ACCURACY_KEYS}
     result = {"accuracy": accuracy, "chance": report["chance"], "minutes": total_min,
               "t2v_train_minutes": summary["minutes"], "t2v_steps": summary["steps"], "model": cfg.model.name,
-              "motion_guidance": motion_guidance, "init_from": init_from, "device": str(trainer.device),
+              "motion_guidance": motion_guidance, "init_from": init_from, "device": str(pipe.device),
+              "processes": processes,
               "motion_guidance_sweep": {str(lam): r["accuracy"] for lam, r in reports.items()}}
     (out / "video-report.json").write_text(json.dumps({**result, "per_prompt": report["per_prompt"]}, indent=1))
     merge_into_image_report(out / "report.json", result)

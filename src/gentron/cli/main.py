@@ -271,7 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from gentron.cli.demo import run_video_demo
 
         run_video_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set,
-                       init_from=args.init_from)
+                       init_from=args.init_from, processes=args.processes)
         return 0
     run_demo(Path(args.out), minutes=args.minutes, device=args.device, overrides=args.set,
              relations_steps=args.relations_steps, processes=args.processes)
