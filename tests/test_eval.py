@@ -422,10 +422,22 @@ def test_demo_report_uses_the_budgets_targets(tmp_path):
         assert ("per shape: circle 1/1, cross 1/2; crosses are what is missing" in text) == (minutes == 60)
 
 
+def _tiny_demo(monkeypatch, steps: int, prompts: str) -> list[str]:
+    """A demo small enough for a test: tiny data and model, one evaluation prompt per category; its ``--set`` list."""
+    import gentron.eval.shapes_eval as shapes_eval
+    from gentron.cli import demo
+
+    monkeypatch.setattr(demo, "RELATIONS_DATA", ["data.kinds_weights={spatial: 1.0}", "data.num=48"])
+    evaluate = shapes_eval.evaluate_shapes
+    monkeypatch.setattr(shapes_eval, "evaluate_shapes", lambda pipe, **k: evaluate(pipe, **{**k, "n_per_category": 1}))
+    return ["model.resolution=16", "data.num=64", f"train.steps={steps}", "train.log_every=1", "train.precision=fp32",
+            "model.overrides={hidden_size: 32, num_heads: 2, mlp_hidden_size: 64, depth: 2, text_whitening: true}",
+            "sample.steps=2", f"sample.prompts={prompts}"]
+
+
 def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monkeypatch):
     """`gentron demo` stage 1 sees only two-object scenes; stage 2 resumes its checkpoint (step, weights, the text
     whitening fitted on the full mix's captions) on the full mix, and the report records both stages."""
-    import gentron.eval.shapes_eval as shapes_eval
     from gentron.cli import demo
     from gentron.data.shapes import load_scenes
     from gentron.pipelines import GenTronPipeline
@@ -433,12 +445,7 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     from gentron.train.config import load_config
     from gentron.train.trainer import WHITENING_ENERGY_WARN
 
-    monkeypatch.setattr(demo, "RELATIONS_DATA", ["data.kinds_weights={spatial: 1.0}", "data.num=48"])
-    evaluate = shapes_eval.evaluate_shapes
-    monkeypatch.setattr(shapes_eval, "evaluate_shapes", lambda pipe, **k: evaluate(pipe, **{**k, "n_per_category": 1}))
-    sets = ["model.resolution=16", "data.num=64", "train.steps=5", "train.log_every=1", "train.precision=fp32",
-            "model.overrides={hidden_size: 32, num_heads: 2, mlp_hidden_size: 64, depth: 2, text_whitening: true}",
-            "sample.steps=2", "sample.prompts=[a red circle]"]
+    sets = _tiny_demo(monkeypatch, steps=5, prompts="[a red circle]")
     result = demo.run_demo(tmp_path, minutes=3, device="cpu", overrides=sets, relations_steps=3, processes=1)
 
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data-relations")} == {"spatial"}
@@ -474,15 +481,9 @@ def test_demo_in_two_processes_trains_as_one(tmp_path, monkeypatch):
 
     from safetensors.torch import load_file
 
-    import gentron.eval.shapes_eval as shapes_eval
     from gentron.cli import demo
 
-    monkeypatch.setattr(demo, "RELATIONS_DATA", ["data.kinds_weights={spatial: 1.0}", "data.num=48"])
-    evaluate = shapes_eval.evaluate_shapes
-    monkeypatch.setattr(shapes_eval, "evaluate_shapes", lambda pipe, **k: evaluate(pipe, **{**k, "n_per_category": 1}))
-    sets = ["model.resolution=16", "data.num=64", "train.steps=4", "train.log_every=1", "train.precision=fp32",
-            "model.overrides={hidden_size: 32, num_heads: 2, mlp_hidden_size: 64, depth: 2, text_whitening: true}",
-            "sample.steps=2", "sample.prompts=[]"]
+    sets = _tiny_demo(monkeypatch, steps=4, prompts="[]")
     weights, results = {}, {}
     for n in (1, 2):
         out = tmp_path / f"p{n}"

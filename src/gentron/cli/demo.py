@@ -146,7 +146,9 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
 
     ``out/run`` is the finished run (resumable, and what ``demo --video`` starts from); the relations stage,
     when ``relations_steps > 0``, trains in ``out/relations`` and the mixed stage resumes its checkpoint
-    (weights, EMA, optimizer, step) on the full data mix."""
+    (weights, EMA, optimizer, step) on the full data mix. ``processes`` (0 = one per CPU core) trains each stage
+    data-parallel in that many spawned processes: a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard of `multiprocessing`, or ``processes=1``."""
     import shutil
 
     import torch
@@ -282,9 +284,10 @@ def _shape_gap(result: dict) -> str:
                 + f"; {PLURALS.get(worst, worst)} are what is missing")
     return (f"Shape ({result['steps']} steps here{here}). Crosses are the last shape the model learns to draw, and "
             "two of the six held-out colour-shape pairs are crosses. Shape rises with optimizer steps: with this "
-            "recipe 15 minutes on 2 CPU cores (~3.6k steps) reached 0.52-0.60 and `--minutes 60` (14.2k steps) 0.896 "
-            "(docs/demo-recipe.md, ninth to twelfth rounds); more steps (a longer `--minutes`, or `--device cuda`) are "
-            "what raises it.")
+            "recipe 15 minutes on a 2-core Zen 4 with native bf16 (~3.6k steps) reached 0.52-0.60 and `--minutes 60` "
+            "(14.2k steps) 0.896, while a 2-core CPU without bf16 trains ~2.3k steps in 15 minutes (shape 0.29; "
+            "docs/demo-recipe.md, ninth to thirteenth rounds); more steps (a longer `--minutes`, or `--device cuda`) "
+            "are what raises it.")
 
 
 def _spatial_gap(result: dict) -> str:
@@ -377,7 +380,7 @@ def video_demo_overrides(out: Path, minutes: float) -> list[str]:
         "video.p_motion_free=0.5",
         "video.motion_free_source=image",
         "train.batch_size=8",
-        "train.parallel=none",  # one process with all cores (an image demo trained in several saves them per rank)
+        "train.parallel=none",  # not the image run's per-rank settings: `train_stage` sets them for its processes
         "train.threads=0",
         "train.lr=3.0e-4",
         "train.warmup_steps=20",
