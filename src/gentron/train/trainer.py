@@ -611,7 +611,8 @@ class Trainer:
     def elapsed_s(self) -> float:
         """Seconds since ``start_time`` for the time-based lr schedule. With several processes every rank uses the
         value all of them agreed on at the previous step (the slowest clock), so each rank's optimizer applies the
-        same lr and the replicas stay identical; rank clocks read on their own would drift apart by microseconds."""
+        same lr and the replicas stay identical (each reading its own clock, they would differ by microseconds, and
+        so would their lrs and then their weights)."""
         if self.ctx.enabled:
             return self._agreed_elapsed
         return time.time() - self.start_time
