@@ -251,6 +251,12 @@ def _overrides(tmp: Path) -> list[str]:
             "train.precision=fp32", "train.log_every=1", "sample.steps=1", "sample.prompts=[a red circle]"]
 
 
+def _t2v_overrides(tmp: Path) -> list[str]:
+    """The T2V run of `video_run`: temporal layers, 4-frame clips, joint image-video batches, init from ``tmp/t2i``."""
+    return _overrides(tmp) + ["model.temporal_layers=true", "video.num_frames=4", f"video.path={tmp / 'vid'}",
+                              "video.num=8", "video.p_motion_free=0.5", f"video.init_from={tmp / 't2i'}"]
+
+
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
     from gentron.train.config import load_config
@@ -260,9 +266,7 @@ def video_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("t2v")
     quiet = dict(log=lambda s: None, show_progress=False)
     Trainer(load_config(None, _overrides(tmp)), tmp / "t2i", **quiet).fit()
-    cfg = load_config(None, _overrides(tmp) + [
-        "model.temporal_layers=true", "video.num_frames=4", f"video.path={tmp / 'vid'}", "video.num=8",
-        "video.p_motion_free=0.5", f"video.init_from={tmp / 't2i'}"])
+    cfg = load_config(None, _t2v_overrides(tmp))
     return tmp, lambda name: Trainer(cfg, tmp / name, **quiet)
 
 
@@ -398,9 +402,7 @@ def test_t2v_trains_in_two_processes_as_in_one(video_run, tmp_path):
     from gentron.train.config import load_config
 
     tmp, _ = video_run
-    cfg = load_config(None, _overrides(tmp) + [
-        "model.temporal_layers=true", "video.num_frames=4", f"video.path={tmp / 'vid'}", "video.num=8",
-        "video.p_motion_free=0.5", f"video.init_from={tmp / 't2i'}", "train.steps=3"])
+    cfg = load_config(None, _t2v_overrides(tmp) + ["train.steps=3"])
     weights = {}
     for n in (1, 2):
         summary = train_stage(cfg, tmp_path / f"p{n}", StageBudget(time.time(), total=10, reserve=0), "t2v", n)

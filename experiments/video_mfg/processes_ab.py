@@ -17,11 +17,10 @@ if __name__ == "__main__":  # the stages spawn processes
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     base = args.demo_out / "run"
+    cfg = load_config(base / "config.yaml", video_demo_overrides(args.work, 0) + [
+        f"video.init_from={base}", f"train.steps={args.steps}", "train.max_minutes=0"])
     for rnd in range(args.rounds):
         for n in (1, 2):
-            sets = video_demo_overrides(args.work, 0) + [f"video.init_from={base}", f"train.steps={args.steps}",
-                                                         "train.max_minutes=0"]
-            cfg = load_config(base / "config.yaml", sets)
             t = time.time()
             s = train_stage(cfg, args.work / f"p{n}", StageBudget(time.time(), 100, 0), "t2v", n)
             print(f"round {rnd}, {n} process(es): {s['steps']} steps in {s['minutes'] * 60:.1f} s of training "

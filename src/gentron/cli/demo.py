@@ -92,7 +92,7 @@ def demo_processes(requested: int, device: str, batch_size: int) -> int:
         if batch_size % requested:
             raise ValueError(f"--processes {requested} must divide the batch size {batch_size}")
         return requested
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = max(1, min(cores, batch_size))
