@@ -62,6 +62,19 @@ def test_output_shape_and_zero_init(mode):
     assert out.abs().sum() > 0 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("frames", [None, 3])
+def test_blocks_see_a_contiguous_residual_stream(frames):
+    """The patch tokens come out of a transpose; if the residual stream kept that memory order, every LayerNorm
+    and linear of every block would copy its input (forward and backward): 26 copies of the activations per
+    training step of the demo model, the gap to diffusers' PixArt on a CPU (docs/benchmarks.md, session 15)."""
+    model = randomize(tiny("cross-attn", temporal_layers=frames is not None))
+    seen = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    call(model, *inputs(frames=frames))
+    assert seen == [True] * len(model.blocks)
+
+
 @pytest.mark.parametrize("mode", ["adaln-zero", "cross-attn", "class"])
 def test_adaln_zero_blocks_are_identity_at_init(mode):
     """adaLN-zero: every gate starts at 0, so each block returns its input unchanged."""

@@ -872,7 +872,10 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         grid_h, grid_w = h // p, w // p
         dtype = self.x_embedder.weight.dtype
         pos = self.pos_embed(grid_h, grid_w, x.device).to(dtype)
-        x = self.x_embedder(x.to(dtype)).flatten(2).transpose(1, 2) + pos
+        # contiguous: the transposed patch tokens would otherwise pass their (B, D, N) memory order on to every
+        # elementwise op of the residual stream, and each LayerNorm and linear would copy its input (26 copies
+        # of the activations per training step of the demo model, against this one).
+        x = self.x_embedder(x.to(dtype)).flatten(2).transpose(1, 2).contiguous() + pos
 
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=x.device)
