@@ -83,9 +83,10 @@ def demo_processes(requested: int, device: str, batch_size: int) -> int:
     """How many training processes the demo uses: on the CPU one per core (a divisor of the batch, so the global
     batch and therefore the recipe are unchanged), one on a GPU.
 
-    Why: the demo model's matrices are small, so a second thread inside one process buys only ~1.2x (2-core EPYC,
-    fp32), while two single-threaded data-parallel processes on the two halves of each batch run ~1.8x
-    (docs/demo-recipe.md, thirteenth round)."""
+    Why: the demo model's matrices are small, so a second thread inside one process scales poorly. Two
+    single-threaded data-parallel processes on the two halves of each batch ran 1.78x the steps/s of one two-thread
+    process on a 2-core AVX2 EPYC (fp32) and 1.17-1.34x on a 2-core Zen 4 (bf16) (docs/demo-recipe.md, thirteenth
+    and fifteenth rounds)."""
     import torch
 
     if requested > 0:
