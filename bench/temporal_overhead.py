@@ -4,9 +4,11 @@ Same GenTron model (demo shapes, cross-attention) built twice, once with a TempS
 both run on the same (B, C, T, H, W) video batch (the model without temporal layers runs the frames as
 images). Interleaved A/B rounds, median; reports sampling-style forward (no grad) and train step.
 
-    python bench/temporal_overhead.py [--frames 8] [--videos 4] [--rounds 5] [--every 1 2 3]
+    python bench/temporal_overhead.py [--frames 8] [--videos 4] [--rounds 5] [--every 1 2 3] [--dims 32 16]
 
 ``--every k`` adds an arm with TempSelfAttn in every k-th block only (``model.temporal_every``); 1 is GenTron's.
+``--dims w`` adds an arm with TempSelfAttn in every block at q/k/v width w (``model.temporal_dim``; GenTron's is
+the hidden size).
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int)
     ap.add_argument("--every", type=int, nargs="+", default=[1], help="temporal_every values to measure")
+    ap.add_argument("--dims", type=int, nargs="*", default=[], help="temporal_dim values to measure (every block)")
     args = ap.parse_args()
     cfg = demo_bench_config()
     dev = cpu_bench_setup(cfg, args.threads)
     models = {"image": build_gentron(cfg, "cross-attn")}
     for k in args.every:
         models[f"every block" if k == 1 else f"every {k}{ {2: 'nd', 3: 'rd'}.get(k, 'th')} block"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_every=k)
+    for w in args.dims:
+        models[f"every block at width {w}"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_dim=w)
     for m in models.values():  # non-zero temporal output projections so nothing is short-cut
         for blk in m.blocks:
             if blk.temporal_attn is not None:

@@ -126,7 +126,8 @@ def test_video_folder_sidecars_and_bad_videos_are_skipped_and_counted(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path):
+@pytest.mark.parametrize("temporal_dim", [None, 16])  # the paper's width, and a narrow TempSelfAttn
+def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path, temporal_dim):
     from gentron.train.video import init_from_t2i
 
     t2i = tiny_video_model()
@@ -134,7 +135,7 @@ def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path):
         for p in t2i.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
     t2i.save_pretrained(tmp_path / "transformer")
-    t2v = tiny_video_model(temporal_layers=True, temporal_pos_embed=True)
+    t2v = tiny_video_model(temporal_layers=True, temporal_pos_embed=True, temporal_dim=temporal_dim)
     randomize_temporal(t2v)  # everything non-temporal is overwritten; temporal out proj re-zeroed
     info = init_from_t2i(t2v, tmp_path, log=lambda s: None)
     assert info["new_layers"] == len(t2v.blocks)
@@ -148,13 +149,15 @@ def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path):
         init_from_t2i(tiny_video_model(temporal_layers=True, depth=3), tmp_path, log=lambda s: None)
 
 
-def test_frame_position_embedding_breaks_time_symmetry_but_not_motion_free():
+@pytest.mark.parametrize("temporal_dim", [None, 16])
+def test_frame_position_embedding_breaks_time_symmetry_but_not_motion_free(temporal_dim):
     x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     rev = x.flip(2)
+    narrow = dict(temporal_layers=True, temporal_dim=temporal_dim)
     with torch.no_grad():
-        plain = randomize_temporal(tiny_video_model(temporal_layers=True, temporal_pos_embed=False)).eval()
+        plain = randomize_temporal(tiny_video_model(**narrow, temporal_pos_embed=False)).eval()
         torch.testing.assert_close(call(plain, rev), call(plain, x).flip(2), atol=1e-5, rtol=1e-4)  # equivariant
-        pe = randomize_temporal(tiny_video_model(temporal_layers=True, temporal_pos_embed=True)).eval()
+        pe = randomize_temporal(tiny_video_model(**narrow, temporal_pos_embed=True)).eval()
         assert (call(pe, rev) - call(pe, x).flip(2)).abs().max() > 1e-3  # can tell forward from backward
         # motion-free: a still clip (image repeated T times) gives the same output for every frame
         still = x[:, :, :1].expand(-1, -1, 4, -1, -1).contiguous()
@@ -367,6 +370,30 @@ def test_temporal_every_k_blocks():
     assert all(b.temporal_attn is not None for b in full.blocks)
     with pytest.raises(ValueError, match="temporal_every"):
         GenTronTransformer(**kw, temporal_layers=True, temporal_every=0)
+
+
+def test_narrow_temporal_attention_matches_a_reference_and_keeps_the_block_width():
+    """``temporal_dim`` narrows TempSelfAttn's q/k/v (cheaper per frame); the output projection maps back to the
+    block's width. Checked against a plain re-implementation of Eq. 3-5: LN, attention over frames per position."""
+    kw = zoo_config("GenTron-T/4", conditioning="cross-attn", text_dims=[8], sample_size=8, in_channels=3,
+                    learn_sigma=False, depth=1)
+    model = GenTronTransformer(**kw, temporal_layers=True, temporal_dim=16, temporal_pos_embed=False)
+    blk = model.blocks[0]
+    d, heads = kw["hidden_size"], kw["num_heads"]
+    assert blk.temporal_attn.qkv.weight.shape == (3 * 16, d) and blk.temporal_attn.proj.weight.shape == (d, 16)
+    randomize_temporal(model)
+    b, t, n = 2, 4, 3
+    x = torch.randn(b * t, n, d, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = blk.temporal_residual(x, t, None)
+        seq = x.view(b, t, n, d).transpose(1, 2).reshape(b * n, t, d)  # (b t) n d -> (b n) t d
+        q, k, v = blk.temporal_attn.qkv(blk.norm_temporal(seq)).view(b * n, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / (16 // heads) ** 0.5, dim=-1) @ v
+        want = blk.temporal_attn.proj(att.transpose(1, 2).reshape(b * n, t, 16))
+        want = want.view(b, n, t, d).transpose(1, 2).reshape(b * t, n, d)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="temporal_dim"):
+        GenTronTransformer(**kw, temporal_layers=True, temporal_dim=kw["num_heads"] + 1)
 
 
 def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ encoders are added to the time embedding.
 
 Video (GenTron Sec. 3.3.1): with ``temporal_layers=True`` every block gets a TempSelfAttn between the
 cross-attention and the MLP (Eq. 3-5) — or, with ``temporal_every=k > 1`` (a cheaper option that is not the
-paper's), every k-th block — whose output projection is zero-initialised, so a T2V model
+paper's), every k-th block; ``temporal_dim`` (default: the hidden size, as the paper) narrows its q/k/v width, the
+other cheaper option. Its output projection is zero-initialised, so a T2V model
 initialised from a T2I model starts as that T2I model applied frame by frame. With
 ``temporal_pos_embed=True`` (default) a fixed 1-D sin-cos frame embedding enters the temporal queries and
 keys only (not values, not the residual stream): still zero at init, motion-free (identity-mask) frames
@@ -283,12 +284,16 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, context_dim: Optional[int] = None, zero_init_out: bool = False,
-                 qk_norm: bool = False, norm_eps: float = 1e-6, pos_query: bool = False):
+                 qk_norm: bool = False, norm_eps: float = 1e-6, pos_query: bool = False,
+                 inner_dim: Optional[int] = None):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        inner_dim = inner_dim or dim  # width of q, k, v (self-attention only; the temporal layer's ``temporal_dim``)
+        if inner_dim % num_heads:
+            raise ValueError(f"attention width {inner_dim} is not divisible by {num_heads} heads")
+        if context_dim is not None and inner_dim != dim:
+            raise ValueError("cross-attention keeps the block's width (inner_dim is for self-attention)")
         self.num_heads = num_heads
-        head_dim = dim // num_heads
+        head_dim = inner_dim // num_heads
         # Identity when off: no parameters, so checkpoints without the norm load unchanged.
         self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
@@ -300,8 +305,8 @@ class Attention(nn.Module):
                 self.q_pos = nn.Linear(dim, dim, bias=False)
                 nn.init.zeros_(self.q_pos.weight)
         else:
-            self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+            self.qkv = nn.Linear(dim, 3 * inner_dim)
+        self.proj = nn.Linear(inner_dim, dim)
         if zero_init_out:
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
@@ -343,7 +348,7 @@ class Attention(nn.Module):
             q, k, v = (self._heads(z) for z in self.qkv(x).chunk(3, dim=-1))
             q, k = self.q_norm(q), self.k_norm(k)
         out = scaled_dot_product(q, k, v, bias)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class Mlp(nn.Module):
@@ -424,6 +429,7 @@ class GenTronBlock(nn.Module):
         norm_eps: float = 1e-6,
         temporal_pos_embed: bool = False,
         temporal_relative_values: bool = False,
+        temporal_dim: Optional[int] = None,
         qk_norm: str = "none",
         pos_query: bool = False,
     ):
@@ -442,7 +448,7 @@ class GenTronBlock(nn.Module):
         self.temporal_attn = None
         if temporal:
             self.norm_temporal = nn.LayerNorm(hidden_size, eps=norm_eps)  # the "LN" of GenTron Eq. 4
-            self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, **every)
+            self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, inner_dim=temporal_dim, **every)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.mlp = Mlp(hidden_size, mlp_hidden_size)
         if conditioning == "adaln-single":
@@ -490,46 +496,45 @@ class GenTronBlock(nn.Module):
     def temporal_residual(
         self, x: torch.Tensor, num_frames: int, temporal_bias: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """TempSelfAttn(LN(x)) over frames at each spatial position (GenTron Eq. 3-5)."""
-        bt, n, d = x.shape
-        b = bt // num_frames
-        xt = x.view(b, num_frames, n, d).transpose(1, 2).reshape(b * n, num_frames, d)  # Eq. 3
-        if temporal_bias is not None:  # (B, T, T) → one copy per spatial position
-            temporal_bias = temporal_bias.repeat_interleave(n, dim=0)[:, None]
-        h = self.norm_temporal(xt)
-        if self.temporal_pos_embed:
-            out = self._temporal_attn_with_frame_pos(h, temporal_bias)  # Eq. 4, frame positions in Q/K
-        else:
-            out = self.temporal_attn(h, bias=temporal_bias)  # Eq. 4
-        return out.view(b, n, num_frames, d).transpose(1, 2).reshape(bt, n, d)  # Eq. 5
+        """TempSelfAttn(LN(x)) over the frames at each spatial position (GenTron Eq. 3-5).
 
-    def _temporal_attn_with_frame_pos(self, h: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """TempSelfAttn whose queries and keys (not values) see a fixed 1-D sin-cos frame embedding.
+        Eq. 3's rearrangement ``(b t) n d -> (b n) t d`` is applied to the attention heads only: the norm and
+        the projections act on each token alone, so they run in the block's own frame-major layout, and q, k, v
+        are attended as a (b, n, heads) batch of frame sequences (one strided view, no copy of the residual
+        stream). Why: the two full-width transposes of the stream cost as much as the temporal attention itself
+        at the demo's size (docs/benchmarks.md, T2V).
 
-        Without frame positions attention over frames is permutation-equivariant and cannot tell a
-        motion's direction. The embedding P_t enters only Q and K: q = W_q(LN(x) + P_t), k likewise,
-        v = W_v LN(x). So (a) the branch is still exactly zero at init (zero output projection), and
-        (b) under the motion-free identity mask a frame attends only to itself and gets W_o·W_v·LN(x),
-        independent of its index — motion-free samples stay per-frame image models.
+        With ``temporal_pos_embed`` a fixed 1-D sin-cos frame embedding P_t enters the queries and keys, not
+        the values: q = W_q(LN(x) + P_t), k likewise, v = W_v LN(x). Without frame positions attention over
+        frames is permutation-equivariant and cannot tell a motion's direction. This way (a) the branch is
+        still exactly zero at init (zero output projection), and (b) under the motion-free identity mask a
+        frame attends only to itself and gets W_o W_v LN(x), independent of its index: motion-free samples
+        stay per-frame image models.
         """
         attn = self.temporal_attn
-        m, t, d = h.shape
-        pe = sincos_1d(torch.arange(t, device=h.device), d).to(h.dtype)  # (T, D)
-        qkv = attn.qkv(h)
-        width = 3 * d if self.temporal_relative_values else 2 * d  # which of q, k, v see P_t
-        pe_proj = F.linear(pe, attn.qkv.weight[:width].to(h.dtype))  # (T, width), no bias (already in qkv)
-        qkv = torch.cat([qkv[..., :width] + pe_proj, qkv[..., width:]], dim=-1)
-        q, k, v = qkv.view(m, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bt, n, d = x.shape
+        b, t = bt // num_frames, num_frames
+        qkv = attn.qkv(self.norm_temporal(x)).view(b, t, n, -1)  # the "LN" of Eq. 4, per token
+        inner = qkv.shape[-1] // 3
+        if self.temporal_pos_embed:
+            pe = sincos_1d(torch.arange(t, device=x.device), d).to(qkv.dtype)  # (T, D)
+            width = 3 * inner if self.temporal_relative_values else 2 * inner  # which of q, k, v see P_t
+            pe_proj = F.linear(pe, attn.qkv.weight[:width].to(qkv.dtype))  # (T, width), no bias (already in qkv)
+            qkv = qkv + F.pad(pe_proj, (0, 3 * inner - width))[None, :, None]
+        heads = attn.num_heads
+        q, k, v = qkv.view(b, t, n, 3, heads, -1).permute(3, 0, 2, 4, 1, 5).unbind(0)  # each (b, n, heads, T, hd)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        out = scaled_dot_product(q, k, v, bias).transpose(1, 2).reshape(m, t, d)
+        if temporal_bias is not None:  # (B, T, T), broadcast over positions and heads
+            temporal_bias = temporal_bias[:, None, None]
+        out = scaled_dot_product(q, k, v, temporal_bias)
         if self.temporal_relative_values:
             # Relative frame positions in the values (Shaw et al. 2018): frame t reads sum_s a_ts W_v(LN(x_s) + P_s - P_t).
             # The weights sum to one, so subtracting W_v P_t after attention is exact. Under the identity mask
             # (a_tt = 1) the offset is zero and a motion-free sample is still a per-frame image model; with motion,
             # sum_s a_ts P_s - P_t tells a frame where it sits in the clip even when every frame looks the same (pure
             # noise), which Q/K positions alone cannot: attention reweights values, and equal values stay equal.
-            out = out - pe_proj[:, 2 * d :]
-        return attn.proj(out)
+            out = out - pe_proj[:, 2 * inner :].view(t, heads, -1).transpose(0, 1)
+        return attn.proj(out.permute(0, 3, 1, 2, 4).reshape(bt, n, inner))  # Eq. 5: back to (b t) n d
 
 
 class FinalLayer(nn.Module):
@@ -605,6 +610,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_every: int = 1,
         temporal_pos_embed: bool = True,
         temporal_relative_values: bool = False,
+        temporal_dim: Optional[int] = None,
         text_refiner_layers: int = 0,
         qk_norm: str = "none",
         pos_query: bool = False,
@@ -619,6 +625,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
         if temporal_relative_values and not temporal_pos_embed:
             raise ValueError("temporal_relative_values adds the frame embedding to the values: it needs temporal_pos_embed")
+        if temporal_dim is not None and (temporal_dim < num_heads or temporal_dim % num_heads):
+            raise ValueError(f"temporal_dim must be a positive multiple of num_heads ({num_heads}), got {temporal_dim}")
         if text_refiner_layers < 0:
             raise ValueError(f"text_refiner_layers must be >= 0, got {text_refiner_layers}")
         if qk_norm not in QK_NORMS:
@@ -683,6 +691,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 norm_eps=norm_eps,
                 temporal_pos_embed=temporal_pos_embed,
                 temporal_relative_values=temporal_relative_values,
+                temporal_dim=temporal_dim,
                 qk_norm=qk_norm,
                 pos_query=pos_query,
             )

@@ -28,6 +28,7 @@ class ModelConfig:
     in_channels: int = 3  # 3 = pixel space, 4 = SD-VAE latents
     temporal_layers: bool = False
     temporal_every: int = 1  # TempSelfAttn in every k-th block (1 = every block, as GenTron; >1 is cheaper)
+    temporal_dim: Optional[int] = None  # width of TempSelfAttn's q/k/v (None = hidden size, as GenTron; less is cheaper)
     micro_conditions: bool = False
     overrides: dict = field(default_factory=dict)  # any extra GenTronTransformer kwarg (depth, ...)
     init_from_dit: Optional[str] = None  # DiT class checkpoint: re-parameterised init (PixArt-α Sec. 2.3)

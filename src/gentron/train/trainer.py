@@ -104,6 +104,7 @@ def build_transformer(cfg: RunConfig, text_encoders: list[TextEncoder], vae_fact
         pooled_dims=[e.pooled_dim for e in text_encoders] if mode in ("adaln-zero", "cross-attn") else None,
         temporal_layers=cfg.model.temporal_layers,
         temporal_every=cfg.model.temporal_every,
+        temporal_dim=cfg.model.temporal_dim,
         micro_conditions=cfg.model.micro_conditions,
     )
     kwargs.update(cfg.model.overrides)
