@@ -14,6 +14,7 @@ the hidden size).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
@@ -39,8 +40,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--every", type=int, nargs="+", default=[1], help="temporal_every values to measure")
     ap.add_argument("--dims", type=int, nargs="*", default=[], help="temporal_dim values to measure (every block)")
+    ap.add_argument("--model", help="a zoo model instead of the demo's (e.g. GenTron-S/2); drops the recipe's width")
+    ap.add_argument("--resolution", type=int, help="input size (default: the demo's 32)")
     args = ap.parse_args()
     cfg = demo_bench_config()
+    if args.model:
+        cfg = replace(cfg, model=args.model, overrides={k: v for k, v in cfg.overrides.items() if k == "text_whitening"})
+    if args.resolution:
+        cfg = replace(cfg, resolution=args.resolution)
     dev = cpu_bench_setup(cfg, args.threads)
     models = {"image": build_gentron(cfg, "cross-attn")}
     for k in args.every:

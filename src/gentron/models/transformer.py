@@ -500,9 +500,10 @@ class GenTronBlock(nn.Module):
 
         Eq. 3's rearrangement ``(b t) n d -> (b n) t d`` is applied to the attention heads only: the norm and
         the projections act on each token alone, so they run in the block's own frame-major layout, and q, k, v
-        are attended as a (b, n, heads) batch of frame sequences (one strided view, no copy of the residual
-        stream). Why: the two full-width transposes of the stream cost as much as the temporal attention itself
-        at the demo's size (docs/benchmarks.md, T2V).
+        are attended as a (b, n, heads) batch of frame sequences. The output is the same as rearranging the
+        stream (tested); the motion-free mask broadcasts over positions instead of being copied per position,
+        and q/k/v may be narrower than the stream (``temporal_dim``). On the demo's CPU shapes the two layouts
+        run at the same speed (docs/benchmarks.md, T2V).
 
         With ``temporal_pos_embed`` a fixed 1-D sin-cos frame embedding P_t enters the queries and keys, not
         the values: q = W_q(LN(x) + P_t), k likewise, v = W_v LN(x). Without frame positions attention over
