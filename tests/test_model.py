@@ -426,3 +426,39 @@ def test_cpu_bf16_attention_runs_in_fp32_and_keeps_dtype():
     assert torch.equal(out, ref.bfloat16())
     out.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+
+
+@pytest.mark.parametrize("frames", [None, 2])
+def test_mlp_token_conv_starts_as_the_plain_model_and_mixes_neighbours_only(frames, tmp_path):
+    """``mlp_token_conv`` adds a zero-initialised depthwise 3x3 conv over the token grid to each MLP's hidden
+    layer (SANA's Mix-FFN idea). A plain model's weights give the same output; once trained, a token's MLP
+    output depends on its grid neighbours (and only on them, within one frame), and it survives save/load."""
+    ref = randomize(tiny("cross-attn")).eval()
+    model = tiny("cross-attn", mlp_token_conv=True).eval()
+    missing, unexpected = model.load_state_dict(ref.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == sorted(
+        f"blocks.{i}.mlp.token_conv.{p}" for i in range(len(model.blocks)) for p in ("weight", "bias"))
+    x, t, tok, mask = inputs(frames=frames)
+    torch.testing.assert_close(call(model, x, t, tok, mask), call(ref, x, t, tok, mask))
+
+    mlp = model.blocks[0].mlp
+    with torch.no_grad():
+        for b in model.blocks:
+            b.mlp.token_conv.weight.normal_(0, 0.2)
+    grid = (4, 4)
+    h = torch.randn(2, 16, mlp.fc1.in_features)
+    base = mlp(h, grid)
+    bumped = h.clone()
+    bumped[:, 5] += 1.0  # token (1, 1) of the 4x4 grid
+    changed = (mlp(bumped, grid) - base).abs().amax(dim=(0, 2)) > 1e-6
+    neighbours = {r * 4 + c for r in range(3) for c in range(3)}  # rows 0-2, cols 0-2
+    assert {i for i in range(16) if changed[i]} == neighbours
+    with pytest.raises(ValueError, match="needs the token grid"):
+        mlp(h)
+
+    out = call(model, x, t, tok, mask)
+    assert not torch.allclose(out, call(ref, x, t, tok, mask))
+    model.save_pretrained(tmp_path / "m")
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.config.mlp_token_conv
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), out)

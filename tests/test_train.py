@@ -449,6 +449,35 @@ def test_train_init_from_dit_rejects_a_mismatched_checkpoint(shapes_data, tmp_pa
     assert "init-from-dit" in err and "hidden_size 32 (checkpoint) vs 64 (config)" in err
 
 
+def test_resume_adds_zero_initialised_token_conv_and_continues_the_rest_exactly(shapes_data, tmp_path):
+    """The demo's curriculum: stage 1 trains without ``mlp_token_conv``, stage 2 resumes its checkpoint with it.
+    The new layers start at zero (the model's output is the checkpoint's), every saved weight, EMA shadow and
+    AdamW moment loads exactly, the new layers then train; any other mismatch is still an error."""
+    first = make_trainer(shapes_data, tmp_path / "a", ["train.steps=3", "train.checkpoint_every=3"])
+    first.fit()
+    conv = ["model.overrides.mlp_token_conv=true"]
+    grown = make_trainer(shapes_data, tmp_path / "a", ["train.steps=5"] + conv, resume="auto")
+    assert grown.step == 3
+    old, new = dict(first.model.named_parameters()), dict(grown.model.named_parameters())
+    added = grown.model.growth_parameter_names()
+    assert set(new) - set(old) == set(added) and len(added) == 2 * len(grown.model.blocks)
+    assert all(torch.equal(old[n], new[n]) for n in old) and all(torch.count_nonzero(new[n]) == 0 for n in added)
+    old_state, new_state = first.optimizer.state, grown.optimizer.state
+    for n in old:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(old_state[old[n]][key], new_state[new[n]][key]), n
+    assert all(len(new_state[new[n]]) == 0 for n in added)
+    shadows = dict(zip(grown.ema.names, grown.ema.shadow))
+    assert all(torch.equal(a, shadows[n]) for n, a in zip(first.ema.names, first.ema.shadow))
+    grown.fit()
+    assert all(torch.count_nonzero(p) > 0 for n, p in grown.model.named_parameters() if n in added)
+    assert len(losses(tmp_path / "a")) > 1
+
+    with pytest.raises(ValueError, match="does not match the model"):  # other architecture changes stay errors
+        make_trainer(shapes_data, tmp_path / "a", ["train.steps=7", "model.overrides.qk_norm=all"] + conv,
+                     resume="auto")
+
+
 def test_progressive_resolution_continues_from_a_lower_resolution_run(shapes_data, tmp_path):
     from gentron.models.transformer import GenTronTransformer
 

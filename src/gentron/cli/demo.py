@@ -39,11 +39,15 @@ RELATIONS_DATA = ["data.kinds_weights={spatial: 1.0}", "data.num=6000"]
 # The recipe's edge loss (diffusion.gradient_loss) sharpens shapes in the mixed stage but stops the relations stage
 # from binding (binding score 0.52 at 1500 steps with it, 0.97 without; docs/demo-recipe.md, ninth round).
 RELATIONS_LOSS = ["diffusion.gradient_loss=0.0"]
+# The recipe's token conv (model.overrides.mlp_token_conv) draws shapes far better in the mixed stage but, like the
+# edge loss, stops the relations stage from binding (held-out spatial 0.21 after it, 0.96 without; docs/demo-recipe.md,
+# sixteenth round). It is zero-initialised, so the mixed stage adds it to the relations checkpoint as an identity.
+RELATIONS_MODEL = ["model.overrides.mlp_token_conv=false"]
 
 
 def relations_overrides(out: Path, steps: int) -> list[str]:
     """Stage 1 of the demo: spatial scenes only, constant lr after warm-up (stage 2 decays at its end, `wsd`)."""
-    return RELATIONS_DATA + RELATIONS_LOSS + [f"data.path={out / 'data-relations'}", f"train.steps={steps}",
+    return RELATIONS_DATA + RELATIONS_LOSS + RELATIONS_MODEL + [f"data.path={out / 'data-relations'}", f"train.steps={steps}",
                              "train.lr_schedule=constant", "train.checkpoint_every=0", "train.keep_checkpoints=1"]
 
 

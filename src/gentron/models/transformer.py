@@ -352,13 +352,32 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """The block's feed-forward: fc1 → GELU → fc2, optionally with a local token mixer in the hidden layer.
+
+    ``token_conv`` adds a depthwise 3×3 convolution over the token grid to the hidden activations, as a
+    zero-initialised residual (h + DWConv(h)): SANA's Mix-FFN idea, which gives each token its neighbours'
+    features without attention. At init the MLP is exactly the plain one. Needs the token grid in ``forward``.
+    """
+
+    def __init__(self, dim: int, hidden: int, token_conv: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.token_conv = None
+        if token_conv:
+            self.token_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+            nn.init.zeros_(self.token_conv.weight)
+            nn.init.zeros_(self.token_conv.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+    def forward(self, x: torch.Tensor, grid: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        h = F.gelu(self.fc1(x), approximate="tanh")
+        if self.token_conv is not None:
+            if grid is None:
+                raise ValueError("an Mlp with token_conv needs the token grid (grid_h, grid_w)")
+            b, n, c = h.shape
+            maps = h.transpose(1, 2).reshape(b, c, *grid)
+            h = h + self.token_conv(maps).flatten(2).transpose(1, 2)
+        return self.fc2(h)
 
 
 class TextRefiner(nn.Module):
@@ -432,6 +451,7 @@ class GenTronBlock(nn.Module):
         temporal_dim: Optional[int] = None,
         qk_norm: str = "none",
         pos_query: bool = False,
+        mlp_token_conv: bool = False,
     ):
         super().__init__()
         self.conditioning = conditioning
@@ -450,7 +470,7 @@ class GenTronBlock(nn.Module):
             self.norm_temporal = nn.LayerNorm(hidden_size, eps=norm_eps)  # the "LN" of GenTron Eq. 4
             self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, inner_dim=temporal_dim, **every)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.mlp = Mlp(hidden_size, mlp_hidden_size)
+        self.mlp = Mlp(hidden_size, mlp_hidden_size, token_conv=mlp_token_conv)
         if conditioning == "adaln-single":
             # PixArt-α: per-block learned table added to the one global time modulation.
             self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
@@ -482,6 +502,7 @@ class GenTronBlock(nn.Module):
         num_frames: int = 1,
         temporal_bias: Optional[torch.Tensor] = None,
         pos: Optional[torch.Tensor] = None,
+        grid: Optional[tuple[int, int]] = None,
     ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
@@ -490,7 +511,7 @@ class GenTronBlock(nn.Module):
             x = x + self.cross_attn(x, context, bias=context_bias, kv=context_kv, pos=pos)
         if self.temporal_attn is not None and num_frames > 1:
             x = x + self.temporal_residual(x, num_frames, temporal_bias)
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp), grid)
         return x
 
     def temporal_residual(
@@ -615,6 +636,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         text_refiner_layers: int = 0,
         qk_norm: str = "none",
         pos_query: bool = False,
+        mlp_token_conv: bool = False,
         text_whitening: bool = False,
         text_whitening_shrinkage: float = 1e-3,
         pos_embed_base_size: Optional[int] = None,
@@ -695,6 +717,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 temporal_dim=temporal_dim,
                 qk_norm=qk_norm,
                 pos_query=pos_query,
+                mlp_token_conv=mlp_token_conv,
             )
             for i in range(depth)
         )
@@ -728,6 +751,13 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 nn.init.normal_(proj.fc2.weight, std=0.02)
         if hasattr(self, "t_block"):
             nn.init.normal_(self.t_block[1].weight, std=0.02)
+
+    def growth_parameter_names(self) -> list[str]:
+        """Parameters of the optional layers that are an exact identity while zero (``mlp_token_conv``).
+
+        A checkpoint trained without them can be resumed into a model with them (a curriculum that adds the
+        layer in a later stage, as the demo does): every other weight must match exactly (`Trainer._resume`)."""
+        return [n for n, _ in self.named_parameters() if ".mlp.token_conv." in n]
 
     def _scalar_embedders(self) -> list[ScalarEmbedder]:
         return [m for m in self.modules() if isinstance(m, ScalarEmbedder)]
@@ -914,7 +944,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 kv = text_kv["kv"][i]
                 if video and num_frames > 1:
                     kv = tuple(z.repeat_interleave(num_frames, 0) for z in kv)
-            args = (x, cond, contexts[e], biases[e], kv, num_frames, temporal_bias, pos)
+            args = (x, cond, contexts[e], biases[e], kv, num_frames, temporal_bias, pos, (grid_h, grid_w))
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -61,11 +61,14 @@ class EMA:
         """Unsharded fp32 shadow (all-gathers DTensors: every rank must call it)."""
         return {n: (s.full_tensor() if is_dtensor(s) else s) for n, s in zip(self.names, self.shadow)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int) -> None:
-        missing = [n for n in self.names if n not in state]
+    def load_state_dict(self, state: dict[str, torch.Tensor], num_updates: int, new: Sequence[str] = ()) -> None:
+        """``new``: parameters the state may lack (layers added on resume); their shadows keep the live weights."""
+        missing = [n for n in self.names if n not in state and n not in set(new)]
         if missing:
             raise ValueError(f"EMA state is missing {len(missing)} parameter(s), first: {missing[0]!r}")
         for i, n in enumerate(self.names):
+            if n not in state:
+                continue
             if state[n].shape != self.shadow[i].shape:
                 raise ValueError(f"EMA tensor {n!r} has shape {tuple(state[n].shape)}, model has {tuple(self.shadow[i].shape)}")
             self.shadow[i].copy_(state[n])

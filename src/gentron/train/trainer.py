@@ -493,14 +493,24 @@ class Trainer:
 
     def _load_replicated(self, where: Path, state: dict) -> None:
         model_state = {k: v for k, v in state["model"].items() if not k.startswith("text.")}
+        grown = [n for n in self.model.growth_parameter_names() if n not in model_state]
         missing, unexpected = self.model.load_state_dict(model_state, strict=False)
+        missing = [k for k in missing if k not in grown]
         if missing or unexpected:
             bad = (missing or unexpected)[0]
             raise ValueError(f"checkpoint {where} does not match the model: first mismatched key {bad!r}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer_state = state["optimizer"]
+        if grown:  # layers added on resume: zero (an identity), fresh AdamW moments; the rest continues exactly
+            if any(torch.count_nonzero(p) for n, p in self.model.named_parameters() if n in grown):
+                raise ValueError(f"checkpoint {where}: layers added on resume must start at zero")
+            optimizer_state = _optimizer_state_with_new_params(optimizer_state, self.optimizer, set(map(id, (
+                p for n, p in self.model.named_parameters() if n in grown))))
+            self.log(f"resume: {len(grown)} tensors of new zero-initialised layers (mlp_token_conv) added to the "
+                     f"checkpoint's model")
+        self.optimizer.load_state_dict(optimizer_state)
         meta = state["meta"]
         if "ema" in state:
-            self.ema.load_state_dict(state["ema"], meta.get("ema_updates", meta["step"]))
+            self.ema.load_state_dict(state["ema"], meta.get("ema_updates", meta["step"]), new=grown)
         # trainable text encoders are stored in model.safetensors under "text.{i}."
         text_states = {k: v for k, v in state["model"].items() if k.startswith("text.")}
         for i, enc in enumerate(self.trainable_text):
@@ -1135,3 +1145,19 @@ def _install_stop_handlers(trainer: Trainer) -> dict:
 def _restore_stop_handlers(old: dict) -> None:
     for sig, h in old.items():
         signal.signal(sig, h)
+
+
+def _optimizer_state_with_new_params(saved: dict, optimizer: torch.optim.Optimizer, new_ids: set) -> dict:
+    """The saved optimizer state re-indexed for an optimizer that also holds the parameters ``new_ids``
+    (added on resume): saved parameters keep their moments and step, new ones start without state."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    old_to_new = [i for i, p in enumerate(params) if id(p) not in new_ids]
+    if len(saved["param_groups"]) != len(optimizer.param_groups) or len(saved["state"]) > len(old_to_new) or sum(
+            len(g["params"]) for g in saved["param_groups"]) != len(old_to_new):
+        raise ValueError("the checkpoint's optimizer state does not match the model's parameters")
+    groups, start = [], 0
+    for saved_group, group in zip(saved["param_groups"], optimizer.param_groups):
+        groups.append({**saved_group, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    return {"state": {old_to_new[int(k)]: v for k, v in saved["state"].items()}, "param_groups": groups}
+
