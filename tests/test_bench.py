@@ -11,6 +11,7 @@ from gentron.bench import (
     build_gentron,
     build_peer,
     config_from_args,
+    describe,
     format_table,
     gentron_forward,
     make_inputs,
@@ -69,6 +70,8 @@ def test_every_mode_builds_at_the_demo_recipe():
     """The bench reads the recipe's `model.overrides` (text whitening included); every mode and peer must build."""
     cfg = quick_config()
     assert cfg.overrides  # the recipe has overrides; this test is about them
+    # layers diffusers has no counterpart for are left out of both sides, and the description says so
+    assert "mlp_token_conv" not in cfg.overrides and "mlp_token_conv" in describe(cfg)
     for mode in ("cross-attn", "adaln-single", "class"):
         g = build_gentron(cfg, mode)
         p = build_peer(cfg, mode, g)

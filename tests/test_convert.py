@@ -324,6 +324,20 @@ def test_pixart_export_folds_text_whitening():
     assert err <= 1e-4, err
 
 
+
+@pytest.mark.parametrize("option", ["mlp_token_conv", "pos_query"])
+def test_export_refuses_gentron_only_layers_by_name(option):
+    """Layers with no official/diffusers counterpart: a clear error naming them, not an unknown-key error later."""
+    plain = convert_diffusers_pixart(make_pixart(*PIXART_SIZES["small"]))
+    m = GenTronTransformer(**{**plain.config, option: True})
+    for export in (export_diffusers_pixart, export_pixart_state_dict):
+        with pytest.raises(ValueError, match=f"{option} has no counterpart in the PixArt-α layout"):
+            export(m)
+    if option == "mlp_token_conv":  # pos_query needs cross-attention, which DiT's class mode has not
+        dit = GenTronTransformer(**zoo_config("GenTron-T/2", conditioning="class", text_dims=[], mlp_token_conv=True))
+        with pytest.raises(ValueError, match="mlp_token_conv has no counterpart in the official DiT layout"):
+            export_dit_state_dict(dit)
+
 def test_official_pixart_file_with_null_caption(tmp_path):
     spec = PIXART_SIZES["1024-MS-like"]
     p = make_pixart(*spec)

@@ -104,6 +104,12 @@ def demo_bench_config(path: Path = DEMO_CONFIG, **overrides: Any) -> BenchConfig
         overrides=dict(model.get("overrides") or {}),
         threads=train.get("threads"),
     )
+    # like for like: layers the peer has no counterpart for are left out of both models, and said so
+    from gentron.models.convert import GENTRON_ONLY_OPTIONS
+
+    left_out = [k for k in GENTRON_ONLY_OPTIONS if cfg.overrides.pop(k, False)]
+    if left_out:
+        cfg.notes["left_out"] = left_out
     cfg.notes["recipe"] = str(path)
     cfg.notes["recipe_conditioning"] = model.get("conditioning", "cross-attn")
     return replace(cfg, **overrides)
@@ -593,7 +599,9 @@ def describe(cfg: BenchConfig) -> str:
             f"{kw['mlp_hidden_size']}, patch {kw['patch_size']}) at {cfg.resolution}², {cfg.in_channels} channels, "
             f"text {cfg.text_len}×{cfg.text_dim}, train batch {cfg.batch}, sampling {cfg.sample_steps}-step DPM "
             f"with CFG {cfg.guidance} (batch 2), device {cfg.device}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads" + (", regional torch.compile" if cfg.compile else ", eager"))
+            f"{torch.get_num_threads()} threads" + (", regional torch.compile" if cfg.compile else ", eager")
+            + (f"; left out (no diffusers counterpart): {', '.join(cfg.notes['left_out'])}"
+               if cfg.notes.get("left_out") else ""))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -495,6 +495,17 @@ def _base_config(hidden, depth, heads, mlp, patch, in_ch, out_ch, sample) -> dic
     )
 
 
+# GenTron-only layers that neither the official DiT/PixArt code nor diffusers has: a model using them has no
+# checkpoint in those layouts (`text_whitening` has none either, but PixArt's caption projection absorbs it)
+GENTRON_ONLY_OPTIONS = ("mlp_token_conv", "pos_query")
+
+
+def _check_no_gentron_only_options(model: GenTronTransformer, layout: str) -> None:
+    used = [name for name in GENTRON_ONLY_OPTIONS if getattr(model.config, name, False)]
+    if used:
+        raise ValueError(f"{', '.join(used)} has no counterpart in the {layout} layout; this model cannot be exported")
+
+
 def export_dit_state_dict(model: GenTronTransformer) -> StateDict:
     """Class-mode ``GenTronTransformer`` → official DiT state dict (with its ``pos_embed`` buffer)."""
     cfg = model.config
@@ -502,6 +513,7 @@ def export_dit_state_dict(model: GenTronTransformer) -> StateDict:
         raise ValueError("only a class-conditional image model (conditioning='class') has a DiT layout")
     if cfg.pos_embed_base_size is not None and cfg.pos_embed_base_size != cfg.sample_size // cfg.patch_size:
         raise ValueError("DiT uses plain integer patch positions; this model rescales them (pos_embed_base_size)")
+    _check_no_gentron_only_options(model, "official DiT")
     out: StateDict = {}
     for key, value in model.state_dict().items():
         if key.startswith("x_embedder."):
@@ -751,6 +763,7 @@ def _check_pixart_exportable(model: GenTronTransformer) -> None:
         raise ValueError("PixArt-α has no temporal layers; this is a video model")
     if len(cfg.text_dims) != 1:
         raise ValueError(f"PixArt-α has one text encoder; this model has {len(cfg.text_dims)}")
+    _check_no_gentron_only_options(model, "PixArt-α")
     if cfg.pos_embed_base_size != cfg.sample_size // cfg.patch_size:
         raise ValueError(
             "PixArt-α scales positions to base_size = sample_size // patch_size "
