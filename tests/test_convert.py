@@ -324,7 +324,6 @@ def test_pixart_export_folds_text_whitening():
     assert err <= 1e-4, err
 
 
-
 @pytest.mark.parametrize("option", ["mlp_token_conv", "pos_query"])
 def test_export_refuses_gentron_only_layers_by_name(option):
     """Layers with no official/diffusers counterpart: a clear error naming them, not an unknown-key error later."""
@@ -337,6 +336,7 @@ def test_export_refuses_gentron_only_layers_by_name(option):
         dit = GenTronTransformer(**zoo_config("GenTron-T/2", conditioning="class", text_dims=[], mlp_token_conv=True))
         with pytest.raises(ValueError, match="mlp_token_conv has no counterpart in the official DiT layout"):
             export_dit_state_dict(dit)
+
 
 def test_official_pixart_file_with_null_caption(tmp_path):
     spec = PIXART_SIZES["1024-MS-like"]
