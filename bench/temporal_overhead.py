@@ -19,11 +19,11 @@ from dataclasses import replace
 import torch
 
 from gentron.bench import (
-    autocast,
     build_gentron,
     cpu_bench_setup,
     demo_bench_config,
     interleaved,
+    make_forward,
     make_inputs,
     make_train_step,
 )
@@ -67,13 +67,7 @@ def main() -> None:
                     encoder_attention_mask=inp.mask, pooled_projections=inp.pooled)
 
     def forward_fn(model, kw):
-        model.eval()
-
-        @torch.no_grad()
-        def f():
-            with autocast(dev, args.precision):
-                model(**kw)
-        return f
+        return make_forward(model, lambda m, inputs: m(**inputs), kw, dev, args.precision)
 
     def train_fn(model, kw):
         return make_train_step(model, lambda m, inputs: m(**inputs).sample, kw, dev, args.precision)

@@ -14,12 +14,12 @@ import argparse
 import torch
 
 from gentron.bench import (
-    autocast,
     build_gentron,
     cpu_bench_setup,
     demo_bench_config,
     gentron_forward,
     interleaved,
+    make_forward,
     make_inputs,
     make_train_step,
 )
@@ -38,20 +38,10 @@ def main() -> None:
     for blk in models["token conv"].blocks:  # non-zero, as after training
         torch.nn.init.normal_(blk.mlp.token_conv.weight, std=0.02)
 
-    def forward_fn(model, inp):
-        model.eval()
-
-        @torch.no_grad()
-        def f():
-            with autocast(dev, args.precision):
-                gentron_forward(model, inp)
-        return f
-
     print(f"GenTron {cfg.model} cross-attn at {cfg.resolution}², {args.precision}, {torch.get_num_threads()} threads")
-    for what, make, n in (("train step", lambda m, i: make_train_step(m, gentron_forward, i, dev, args.precision),
-                           cfg.batch), ("sample forward", forward_fn, 2)):
+    for what, make, n in (("train step", make_train_step, cfg.batch), ("sample forward", make_forward, 2)):
         inp = make_inputs(cfg, "cross-attn", n, dev)
-        fns = {k: make(m, inp) for k, m in models.items()}
+        fns = {k: make(m, gentron_forward, inp, dev, args.precision) for k, m in models.items()}
         for f in fns.values():
             f(); f()
         med = interleaved(fns, args.iters, args.rounds, dev)

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from gentron.models.convert import GENTRON_ONLY_OPTIONS
 from gentron.models.transformer import GenTronTransformer, count_parameters, zoo_config
 from gentron.train.distributed import compile_blocks
 
@@ -105,8 +106,6 @@ def demo_bench_config(path: Path = DEMO_CONFIG, **overrides: Any) -> BenchConfig
         threads=train.get("threads"),
     )
     # like for like: layers the peer has no counterpart for are left out of both models, and said so
-    from gentron.models.convert import GENTRON_ONLY_OPTIONS
-
     left_out = [k for k in GENTRON_ONLY_OPTIONS if cfg.overrides.pop(k, False)]
     if left_out:
         cfg.notes["left_out"] = left_out
@@ -261,6 +260,18 @@ def make_train_step(model: nn.Module, forward: Callable, inp: Inputs, device: to
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def make_forward(model: nn.Module, forward: Callable, inp: Any, device: torch.device, precision: str):
+    """One sampling-style forward (eval, no grad, the given precision), as a closure."""
+    model.eval()
+
+    @torch.no_grad()
+    def run() -> None:
+        with autocast(device, precision):
+            forward(model, inp)
+
+    return run
 
 
 class _FixedTextPipeline:
