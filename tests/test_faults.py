@@ -115,6 +115,34 @@ def test_sigkill_at_random_moments_then_resume(shapes_data, tmp_path):
     assert sorted(seen) == list(range(1, steps + 1))
 
 
+def test_a_kill_while_pruning_leaves_no_marked_checkpoint_with_missing_files(tmp_path, monkeypatch):
+    """Pruning deletes an old checkpoint file by file; killed half-way (the random-kill test above once caught
+    this), the directory must not still look complete: every listed checkpoint loads, and the next prune tidies."""
+    import shutil
+
+    state = {"w": torch.ones(2)}
+
+    def save(step):
+        return ckpt.save_checkpoint(tmp_path, step, state, state, {"state": {}}, {"step": step}, keep=2)
+
+    save(1), save(2)
+    real_rmtree = shutil.rmtree
+
+    def killed_after_one_file(path, ignore_errors=False):  # the optimizer state goes first, then the process dies
+        (Path(path) / "optimizer.pt").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        save(3)  # complete, then prunes step 1
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    assert [d.name for d in ckpt.list_checkpoints(tmp_path)] == ["step_0000002", "step_0000003"]
+    for d in ckpt.list_checkpoints(tmp_path):
+        assert ckpt.load_checkpoint(d)["meta"]["step"] == int(d.name[5:])
+    save(4)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000003", "step_0000004"]
+
+
 def test_sigterm_checkpoints_and_exits_cleanly(shapes_data, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd(shapes_data, run, 500, extra=["train.checkpoint_every=0"]), env=_env(),

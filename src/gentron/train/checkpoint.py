@@ -159,7 +159,14 @@ def prune_checkpoints(root: Path, keep: int, current: Optional[str] = None) -> N
     """
     complete = list_checkpoints(root.parent)
     for d in complete[: max(0, len(complete) - max(keep, 1))]:
-        shutil.rmtree(d, ignore_errors=True)
+        # Renamed first (atomic), then deleted: a kill inside rmtree must not leave a ``step_*`` directory that
+        # still has its COMPLETE marker but has lost its other files (the debris is removed at the next prune).
+        doomed = root / f".tmp_delete_{d.name}"
+        if doomed.exists():
+            shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(d, doomed)
+        _fsync_dir(root)
+        shutil.rmtree(doomed, ignore_errors=True)
     for d in root.iterdir():
         if d.name.startswith(".tmp_") and d.name != current:
             shutil.rmtree(d, ignore_errors=True)
