@@ -474,6 +474,35 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     assert "(3 steps on two-object scenes, then 2 on the full mix)" in (tmp_path / "report.md").read_text()
 
 
+def test_long_demo_adds_the_token_conv_for_its_last_minutes_only(tmp_path, monkeypatch):
+    """With a mixed stage longer than 1.5x TOKEN_CONV_MINUTES, the demo trains the full mix without the token conv
+    (constant lr) and adds the conv for the last minutes (resumed exactly; the wsd decay inside those minutes)."""
+    from gentron.cli import demo
+    from gentron.train.config import load_config
+
+    sets = _tiny_demo(monkeypatch, steps=6, prompts="[]")
+    sets = [s.replace("text_whitening: true", "text_whitening: true, mlp_token_conv: true") for s in sets]
+    monkeypatch.setattr(demo, "TOKEN_CONV_MINUTES", 0.5)  # the test's 3-minute demo leaves ~1.4 min for the mix
+    real_train_stage = demo.train_stage
+
+    def stage_of_four_steps(cfg, run_dir, *args, **kwargs):  # the plain mix would otherwise take every step
+        if run_dir.name == "mix-plain":
+            cfg.train.steps = 4
+        return real_train_stage(cfg, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "train_stage", stage_of_four_steps)
+    result = demo.run_demo(tmp_path, minutes=3, device="cpu", overrides=sets, relations_steps=2, processes=1)
+
+    assert [(k, v["steps"]) for k, v in result["stages"].items()] == [("relations", 2), ("mix-plain", 4), ("mix", 6)]
+    plain, final = (load_config(tmp_path / d / "config.yaml") for d in ("mix-plain", "run"))
+    assert not plain.model.overrides["mlp_token_conv"] and plain.train.lr_schedule == "constant"
+    assert final.model.overrides["mlp_token_conv"] and final.train.lr_schedule == "wsd"
+    assert 0.25 < final.train.lr_decay_fraction <= 1.0  # the last quarter of the whole mix, all in the conv's part
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 6]
+    assert "then 4 on the full mix, the last 2 with the token conv)" in (tmp_path / "report.md").read_text()
+
+
 def test_demo_in_two_processes_trains_as_one(tmp_path, monkeypatch):
     """On a 2-core CPU the demo trains its stages as two data-parallel processes of one thread each (the global batch
     unchanged): the same weights as one process, to float rounding, and the report says how it trained."""

@@ -43,6 +43,12 @@ RELATIONS_LOSS = ["diffusion.gradient_loss=0.0"]
 # edge loss, stops the relations stage from binding (held-out spatial 0.21 after it, 0.96 without; docs/demo-recipe.md,
 # sixteenth round). It is zero-initialised, so the mixed stage adds it to the relations checkpoint as an identity.
 RELATIONS_MODEL = ["model.overrides.mlp_token_conv=false"]
+# In a long demo the conv joins for the last TOKEN_CONV_MINUTES of the mixed stage only: with it through 22.9k mixed
+# steps (`--minutes 60`) held-out spatial fell to 0.33, while it stayed 0.96 with the conv for ~3.6k mixed steps (the
+# 15-minute demo) and 0.96-0.98 without the conv for 12.7k-15.7k (docs/demo-recipe.md, seventeenth round). A mixed
+# stage shorter than 1.5x this keeps the conv throughout, as the 15-minute demo does.
+TOKEN_CONV_MINUTES = 10.0
+PLAIN_MIX = RELATIONS_MODEL + ["train.lr_schedule=constant", "train.keep_checkpoints=1"]
 
 
 def relations_overrides(out: Path, steps: int) -> list[str]:
@@ -174,7 +180,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     cfg = load_config(recipe_path(), sets)
     total = minutes if minutes is not None else cfg.train.max_minutes  # the whole demo's budget
     print(f"gentron demo: total budget {total:.1f} min, outputs in {out}")
-    for old in ("relations", "run"):  # a demo is one fresh run; a previous one in --out is replaced
+    for old in ("relations", "mix-plain", "run"):  # a demo is one fresh run; a previous one in --out is replaced
         if (out / old).is_dir():
             print(f"gentron demo: replacing the previous demo run in {out / old}")
             shutil.rmtree(out / old)
@@ -193,9 +199,22 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
                        train_stage(cfg_rel, out / "relations", budget, label, processes,
                                    whitening=whitening_captions(cfg))))
         resume = stages[-1][2]["checkpoint"]
+    mix_budget = StageBudget(t0, total, reserve)
+    if cfg.model.overrides.get("mlp_token_conv") and mix_budget.minutes(time.time()) > 1.5 * TOKEN_CONV_MINUTES:
+        cfg_plain = load_config(recipe_path(), sets + PLAIN_MIX)
+        label = f"stage 2a (full mix): training without the token conv, leaving {TOKEN_CONV_MINUTES:.0f} min for it"
+        stages.append(("mix-plain", out / "mix-plain",
+                       train_stage(cfg_plain, out / "mix-plain", StageBudget(t0, total, reserve + TOKEN_CONV_MINUTES),
+                                   label, processes, resume=resume)))
+        resume = stages[-1][2]["checkpoint"]
+        # wsd still decays over the last quarter of the whole mixed stage, now all inside the conv's minutes
+        plain, left = stages[-1][2]["minutes"], mix_budget.minutes(time.time())
+        cfg = copy.deepcopy(cfg)
+        cfg.train.lr_decay_fraction = min(1.0, cfg.train.lr_decay_fraction * (plain + left) / left)
     label = "stage 2 (full mix): training" if stages else "training"
-    stages.append(("mix", out / "run", train_stage(cfg, out / "run", StageBudget(t0, total, reserve), label, processes,
-                                                   resume=resume)))
+    if stages and stages[-1][0] == "mix-plain":
+        label = "stage 2b (full mix): the token conv joins, lr decays"
+    stages.append(("mix", out / "run", train_stage(cfg, out / "run", mix_budget, label, processes, resume=resume)))
     summary = stages[-1][2]
 
     pipe = load_pipeline(str(out / "run"), device=str(resolve_device(cfg.train.device)))
@@ -311,10 +330,12 @@ GAP_NOTES = {"shape": _shape_gap, "spatial": _spatial_gap}
 
 def stages_text(result: dict) -> str:
     """The steps of each stage for the report's first line (empty for a one-stage demo)."""
-    rel = result.get("stages", {}).get("relations")
+    stages = result.get("stages", {})
+    rel, plain = stages.get("relations"), stages.get("mix-plain")
     if rel is None:
         return ""
-    return f" ({rel['steps']} steps on two-object scenes, then {result['steps'] - rel['steps']} on the full mix)"
+    conv = f", the last {result['steps'] - plain['steps']} with the token conv" if plain else ""
+    return f" ({rel['steps']} steps on two-object scenes, then {result['steps'] - rel['steps']} on the full mix{conv})"
 
 
 def hardware_text(result: dict) -> str:
