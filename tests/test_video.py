@@ -126,8 +126,9 @@ def test_video_folder_sidecars_and_bad_videos_are_skipped_and_counted(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("temporal_dim", [None, 16])  # the paper's width, and a narrow TempSelfAttn
-def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path, temporal_dim):
+@pytest.mark.parametrize("temporal", [{}, {"temporal_dim": 16}, {"temporal_conv": True}],
+                         ids=["paper", "narrow", "conv"])  # the paper's layer, a narrow one, one with the 3-D conv
+def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path, temporal):
     from gentron.train.video import init_from_t2i
 
     t2i = tiny_video_model()
@@ -135,8 +136,8 @@ def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path, temporal_dim):
         for p in t2i.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
     t2i.save_pretrained(tmp_path / "transformer")
-    t2v = tiny_video_model(temporal_layers=True, temporal_pos_embed=True, temporal_dim=temporal_dim)
-    randomize_temporal(t2v)  # everything non-temporal is overwritten; temporal out proj re-zeroed
+    t2v = tiny_video_model(temporal_layers=True, temporal_pos_embed=True, **temporal)
+    randomize_temporal(t2v)  # everything non-temporal is overwritten; temporal out proj (and conv) re-zeroed
     info = init_from_t2i(t2v, tmp_path, log=lambda s: None)
     assert info["new_layers"] == len(t2v.blocks)
     x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -193,6 +194,33 @@ def test_relative_frame_values_place_frames_in_time_from_a_still_input():
         assert spread(call(rel, still, motion_free=torch.tensor([True, True]))) < 1e-5
     with pytest.raises(ValueError, match="temporal_pos_embed"):
         tiny_video_model(temporal_layers=True, temporal_pos_embed=False, temporal_relative_values=True)
+
+
+def test_temporal_conv_mixes_neighbouring_frames_and_obeys_the_motion_free_mask():
+    """``temporal_conv``: zero at init (the model without it), a still clip's frames can differ once trained
+    (the frame axis is zero-padded, unlike attention's equal values), and under the identity mask a frame
+    depends on itself only, while a motion sample's frames see their neighbours."""
+    x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = randomize_temporal(tiny_video_model(temporal_layers=True)).eval()
+    conv = tiny_video_model(temporal_layers=True, temporal_conv=True).eval()
+    missing, unexpected = conv.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".temporal_conv." in k for k in missing)
+    with torch.no_grad():
+        torch.testing.assert_close(call(conv, x), call(plain, x))  # zero-initialised: exactly the model without it
+        for block in conv.blocks:
+            block.temporal_conv.weight.normal_(0, 0.3)
+        assert (call(conv, x) - call(plain, x)).abs().max() > 1e-3
+        still = x[:, :, :1].expand(-1, -1, 4, -1, -1).contiguous()
+        out = call(conv, still)
+        assert (out[:, :, 1] - out[:, :, 0]).abs().max() > 1e-3
+        x2 = x.clone()
+        x2[:, :, 3] += 1.0
+        mf = torch.tensor([True, False])
+        a, b = call(conv, x, mf), call(conv, x2, mf)
+        torch.testing.assert_close(a[0, :, :3], b[0, :, :3])  # motion-free: frame 3 reaches no other frame
+        assert (a[1, :, 2] - b[1, :, 2]).abs().max() > 1e-4  # motion: it reaches its neighbour
+    with pytest.raises(ValueError, match="temporal_layers"):
+        tiny_video_model(temporal_conv=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ keys only (not values, not the residual stream): still zero at init, motion-free
 stay independent of their index, and attention can tell forward from backward time (docs/video.md).
 ``temporal_relative_values=True`` also puts the embedding into the values as relative positions (P_s - P_t), so
 a frame can know where it sits in the clip even from pure noise; identity under the motion-free mask (docs/video.md).
+``temporal_conv=True`` (not the paper's) adds a zero-initialised depthwise 3×3×3 convolution over (frames, rows,
+columns) beside TempSelfAttn, so a motion is a local copy from a neighbour in the previous frame; motion-free
+samples keep only its same-frame taps (docs/video.md).
 """
 
 from __future__ import annotations
@@ -452,6 +455,7 @@ class GenTronBlock(nn.Module):
         qk_norm: str = "none",
         pos_query: bool = False,
         mlp_token_conv: bool = False,
+        temporal_conv: bool = False,
     ):
         super().__init__()
         self.conditioning = conditioning
@@ -469,6 +473,11 @@ class GenTronBlock(nn.Module):
         if temporal:
             self.norm_temporal = nn.LayerNorm(hidden_size, eps=norm_eps)  # the "LN" of GenTron Eq. 4
             self.temporal_attn = Attention(hidden_size, num_heads, zero_init_out=True, inner_dim=temporal_dim, **every)
+        self.temporal_conv = None
+        if temporal and temporal_conv:
+            self.temporal_conv = nn.Conv3d(hidden_size, hidden_size, kernel_size=3, padding=1, groups=hidden_size)
+            nn.init.zeros_(self.temporal_conv.weight)
+            nn.init.zeros_(self.temporal_conv.bias)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.mlp = Mlp(hidden_size, mlp_hidden_size, token_conv=mlp_token_conv)
         if conditioning == "adaln-single":
@@ -510,12 +519,13 @@ class GenTronBlock(nn.Module):
             # PixArt-α applies cross-attention to the un-normalised residual stream.
             x = x + self.cross_attn(x, context, bias=context_bias, kv=context_kv, pos=pos)
         if self.temporal_attn is not None and num_frames > 1:
-            x = x + self.temporal_residual(x, num_frames, temporal_bias)
+            x = x + self.temporal_residual(x, num_frames, temporal_bias, grid)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp), grid)
         return x
 
     def temporal_residual(
-        self, x: torch.Tensor, num_frames: int, temporal_bias: Optional[torch.Tensor]
+        self, x: torch.Tensor, num_frames: int, temporal_bias: Optional[torch.Tensor],
+        grid: Optional[tuple[int, int]] = None,
     ) -> torch.Tensor:
         """TempSelfAttn(LN(x)) over the frames at each spatial position (GenTron Eq. 3-5).
 
@@ -536,7 +546,8 @@ class GenTronBlock(nn.Module):
         attn = self.temporal_attn
         bt, n, d = x.shape
         b, t = bt // num_frames, num_frames
-        qkv = attn.qkv(self.norm_temporal(x)).view(b, t, n, -1)  # the "LN" of Eq. 4, per token
+        normed = self.norm_temporal(x)
+        qkv = attn.qkv(normed).view(b, t, n, -1)  # the "LN" of Eq. 4, per token
         inner = qkv.shape[-1] // 3
         if self.temporal_pos_embed:
             pe = sincos_1d(torch.arange(t, device=x.device), d).to(qkv.dtype)  # (T, D)
@@ -546,9 +557,8 @@ class GenTronBlock(nn.Module):
         heads = attn.num_heads
         q, k, v = qkv.view(b, t, n, 3, heads, -1).permute(3, 0, 2, 4, 1, 5).unbind(0)  # each (b, n, heads, T, hd)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        if temporal_bias is not None:  # (B, T, T), broadcast over positions and heads
-            temporal_bias = temporal_bias[:, None, None]
-        out = scaled_dot_product(q, k, v, temporal_bias)
+        # temporal_bias is (B, T, T), broadcast over positions and heads
+        out = scaled_dot_product(q, k, v, None if temporal_bias is None else temporal_bias[:, None, None])
         if self.temporal_relative_values:
             # Relative frame positions in the values (Shaw et al. 2018): frame t reads sum_s a_ts W_v(LN(x_s) + P_s - P_t).
             # The weights sum to one, so subtracting W_v P_t after attention is exact. Under the identity mask
@@ -556,7 +566,35 @@ class GenTronBlock(nn.Module):
             # sum_s a_ts P_s - P_t tells a frame where it sits in the clip even when every frame looks the same (pure
             # noise), which Q/K positions alone cannot: attention reweights values, and equal values stay equal.
             out = out - pe_proj[:, 2 * inner :].view(t, heads, -1).transpose(0, 1)
-        return attn.proj(out.permute(0, 3, 1, 2, 4).reshape(bt, n, inner))  # Eq. 5: back to (b t) n d
+        out = attn.proj(out.permute(0, 3, 1, 2, 4).reshape(bt, n, inner))  # Eq. 5: back to (b t) n d
+        if self.temporal_conv is not None:
+            out = out + self.spatiotemporal_conv(normed, t, temporal_bias, grid)
+        return out
+
+    def spatiotemporal_conv(self, normed: torch.Tensor, num_frames: int, temporal_bias: Optional[torch.Tensor],
+                            grid: Optional[tuple[int, int]]) -> torch.Tensor:
+        """``temporal_conv``: a depthwise 3×3×3 convolution of LN(x) over (frames, rows, columns), zero at init.
+
+        Attention over frames sees one spatial position, so moving an object needs a second hop through the next
+        block's spatial attention, and the direction has to be tied to each frame's index. This conv makes a motion
+        one local operation instead, token (t+1, p) copying from (t, p - v), the video analogue of ``mlp_token_conv``.
+        It obeys the motion-free mask: a sample whose frames may not attend to each other keeps only the
+        same-frame taps (a per-frame 2-D conv), so perturbing one frame leaves the others unchanged."""
+        if grid is None:
+            raise ValueError("temporal_conv needs the token grid (grid_h, grid_w)")
+        conv = self.temporal_conv
+        bt, n, d = normed.shape
+        b = bt // num_frames
+        maps = normed.view(b, num_frames, *grid, d).permute(0, 4, 1, 2, 3)  # (B, D, T, H, W)
+        weight, bias = conv.weight.to(maps.dtype), conv.bias.to(maps.dtype)
+        out = F.conv3d(maps, weight, bias, padding=1, groups=d)
+        if temporal_bias is not None:  # (B, T, T): a masked (t, t+1) entry marks a motion-free sample
+            motion_free = temporal_bias[:, 0, 1] < 0
+            same_frame = torch.zeros_like(weight)
+            same_frame[:, :, 1] = weight[:, :, 1]
+            per_frame = F.conv3d(maps, same_frame, bias, padding=1, groups=d)
+            out = torch.where(motion_free[:, None, None, None, None], per_frame, out)
+        return out.permute(0, 2, 3, 4, 1).reshape(bt, n, d)
 
 
 class FinalLayer(nn.Module):
@@ -633,6 +671,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         temporal_pos_embed: bool = True,
         temporal_relative_values: bool = False,
         temporal_dim: Optional[int] = None,
+        temporal_conv: bool = False,
         text_refiner_layers: int = 0,
         qk_norm: str = "none",
         pos_query: bool = False,
@@ -648,6 +687,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
         if temporal_relative_values and not temporal_pos_embed:
             raise ValueError("temporal_relative_values adds the frame embedding to the values: it needs temporal_pos_embed")
+        if temporal_conv and not temporal_layers:
+            raise ValueError("temporal_conv lives beside TempSelfAttn: it needs temporal_layers")
         if temporal_dim is not None and (temporal_dim < num_heads or temporal_dim % num_heads):
             raise ValueError(f"temporal_dim must be a positive multiple of num_heads ({num_heads}), got {temporal_dim}")
         if text_refiner_layers < 0:
@@ -718,6 +759,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 qk_norm=qk_norm,
                 pos_query=pos_query,
                 mlp_token_conv=mlp_token_conv,
+                temporal_conv=temporal_conv,
             )
             for i in range(depth)
         )

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-TEMPORAL_KEYS = ("temporal_attn.", "norm_temporal.")
+TEMPORAL_KEYS = ("temporal_attn.", "norm_temporal.", "temporal_conv.")
 
 
 def _is_temporal(key: str) -> bool:
@@ -80,6 +80,9 @@ def init_from_t2i(model: torch.nn.Module, path: Union[str, Path], log: Callable[
             torch.nn.init.zeros_(block.temporal_attn.proj.bias)
             torch.nn.init.ones_(block.norm_temporal.weight)
             torch.nn.init.zeros_(block.norm_temporal.bias)
+            if getattr(block, "temporal_conv", None) is not None:  # model.overrides.temporal_conv (docs/video.md)
+                torch.nn.init.zeros_(block.temporal_conv.weight)
+                torch.nn.init.zeros_(block.temporal_conv.bias)
             new_layers += 1
     log(f"init-from {where}: loaded {len(weights)} shared tensors; {new_layers} new TempSelfAttn layers "
         f"zero-initialised ({len(missing)} new tensors)")
