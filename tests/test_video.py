@@ -290,10 +290,10 @@ def _t2v_overrides(tmp: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory):
+    """A trained T2I run (``tmp/t2i``) and a factory of fresh T2V trainers initialised from it."""
     from gentron.train.config import load_config
     from gentron.train.trainer import Trainer
 
-    """A trained T2I run (``tmp/t2i``) and a factory of fresh T2V trainers initialised from it."""
     tmp = tmp_path_factory.mktemp("t2v")
     quiet = dict(log=lambda s: None, show_progress=False)
     Trainer(load_config(None, _overrides(tmp)), tmp / "t2i", **quiet).fit()
@@ -427,10 +427,19 @@ def test_narrow_temporal_attention_matches_a_reference_and_keeps_the_block_width
 def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, tmp_path, monkeypatch):
     import shutil
 
+    import yaml
+
     from gentron.cli import demo
 
     tmp, _ = video_run
     shutil.copytree(tmp / "t2i", tmp_path / "run")  # stands in for `gentron demo --out tmp_path`
+    shutil.copytree(tmp / "img", tmp_path / "data")
+    # as written by a demo started in tmp_path with a relative --out, then continued from another directory
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    config["data"]["path"] = "data"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     (tmp_path / "report.json").write_text(json.dumps({"accuracy": {"color": 0.5}, "chance": {"color": 0.2}}))
     (tmp_path / "report.md").write_text("# gentron demo report\n\nimage table\n")
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the image demo must be reused"))
@@ -444,6 +453,7 @@ def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, t
     assert text.startswith("# gentron demo report") and "image table" in text and "## Text-to-video" in text
     with Image.open(tmp_path / "video-samples.gif") as gif:
         assert gif.n_frames == 4
+    assert not any((tmp_path / "elsewhere").iterdir()), "the image data must be found, not regenerated here"
 
 
 def test_t2v_trains_in_two_processes_as_in_one(video_run, tmp_path):

@@ -43,10 +43,11 @@ RELATIONS_LOSS = ["diffusion.gradient_loss=0.0"]
 # edge loss, stops the relations stage from binding (held-out spatial 0.21 after it, 0.96 without; docs/demo-recipe.md,
 # sixteenth round). It is zero-initialised, so the mixed stage adds it to the relations checkpoint as an identity.
 RELATIONS_MODEL = ["model.overrides.mlp_token_conv=false"]
-# In a long demo the conv joins for the last TOKEN_CONV_MINUTES of the mixed stage only: with it through 22.9k mixed
-# steps (`--minutes 60`) held-out spatial fell to 0.33, while it stayed 0.96 with the conv for ~3.6k mixed steps (the
-# 15-minute demo) and 0.96-0.98 without the conv for 12.7k-15.7k (docs/demo-recipe.md, seventeenth round). A mixed
-# stage shorter than 1.5x this keeps the conv throughout, as the 15-minute demo does.
+# In a long demo the conv joins for the last TOKEN_CONV_MINUTES of the mixed stage only. Binding decays over a long
+# mixed stage, and the conv speeds that up: with the conv through 22.9k mixed steps (`--minutes 60`) held-out spatial
+# fell to 0.33; without it, 20.9k steps gave 0.77, and then 3.5k steps with the conv and the lr decay gave 0.875 and
+# shape 0.979 (docs/demo-recipe.md, seventeenth round). A mixed stage shorter than 1.5x this keeps the conv
+# throughout, as the 15-minute demo does (spatial 0.96 at ~3.6k steps).
 TOKEN_CONV_MINUTES = 10.0
 PLAIN_MIX = RELATIONS_MODEL + ["train.lr_schedule=constant", "train.keep_checkpoints=1"]
 
@@ -170,7 +171,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     from gentron.train.trainer import cpu_has_native_bf16, resolve_autocast, resolve_device
 
     t0 = time.time()
-    out = Path(out)
+    out = Path(out).absolute()  # the run's config.yaml then finds its data from any working directory
     out.mkdir(parents=True, exist_ok=True)
     sets = [f"data.path={out / 'data'}", f"train.device={device}"]
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
@@ -346,6 +347,15 @@ def hardware_text(result: dict) -> str:
             f"{procs} training process{'es' if procs > 1 else ''}")
 
 
+def loss_caption(result: dict) -> str:
+    """What the dotted lines of ``loss.png`` mark (one at the start of each later stage)."""
+    stages = result.get("stages", {})
+    if "mix-plain" in stages:
+        return " (dotted lines: the full mix starts, then the token conv joins)" if "relations" in stages else \
+            " (dotted line: the token conv joins)"
+    return " (dotted line: the full-mix stage starts)" if "relations" in stages else ""
+
+
 def write_markdown(path: Path, result: dict, report: dict, cfg, grid: Path, loss_png: Path) -> None:
     rows = []
     for cat, acc in result["accuracy"].items():
@@ -380,7 +390,7 @@ seen in training), {report['sampler']} {report['steps']} steps, guidance {report
 
 ## Training loss
 
-![loss]({loss_png.name}){' (dotted line: the full-mix stage starts)' if 'relations' in result.get('stages', {}) else ''}
+![loss]({loss_png.name}){loss_caption(result)}
 """
     path.write_text(text)
 
@@ -419,6 +429,18 @@ def video_demo_overrides(out: Path, minutes: float) -> list[str]:
     ]
 
 
+def locate_run_path(path: str, run_dir: Path) -> str:
+    """A relative path in a run's config.yaml is relative to the directory that run was started from, which need not
+    be this one: try the working directory, then the run directory's parents (`gentron demo --out X` puts its data
+    beside ``X/run``). Without this, a T2V stage started elsewhere regenerated the image data in the working directory."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    for parent in Path(run_dir).absolute().parents:
+        if (parent / path).exists():
+            return str(parent / path)
+    return path
+
+
 def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
                    overrides: Optional[list[str]] = None, init_from: Optional[str] = None,
                    eval_prompts: int = 24, motion_guidance: float = 1.15, processes: int = 0) -> dict:
@@ -431,7 +453,7 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     from gentron.train.config import load_config
     from gentron.train.trainer import resolve_device
 
-    out = Path(out)
+    out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     if init_from is None:
         init_from = str(out / "run")
@@ -448,6 +470,7 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     sweep = sorted({*MOTION_GUIDANCE_SWEEP, motion_guidance})
     sets = video_demo_overrides(out, budget) + [f"video.init_from={init_from}", f"train.device={device}"]
     cfg = load_config(base, sets + list(overrides or []))
+    cfg.data.path = locate_run_path(cfg.data.path, Path(init_from))  # the image half of the joint batches
     reserve = 0.85 * len(sweep) + 0.4  # minutes for the λ_M sweep and the report (measured: 2.7 min on 2 cores)
     processes = demo_processes(processes, device, cfg.train.batch_size)
     # the trainer generates the clips on first use; the stage's time starts once they and the captions are ready
