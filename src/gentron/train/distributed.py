@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -230,6 +231,9 @@ def wrap_model(model: nn.Module, parallel: str, ctx: DistContext, param_dtype: O
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
+        # A depthwise conv's weight (C, 1, k, k) gets its CPU gradient with a different stride on the size-1 axis
+        # than DDP's bucket view: the same memory layout, so the warning DDP prints on the first step is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
