@@ -166,14 +166,10 @@ def test_ranks_of_a_time_budgeted_run_share_one_clock(two_process_runs):
 
 
 def test_torchrun_cli(shapes_data, tmp_path):
-    """`torchrun --nproc_per_node=2 -m gentron train CFG` end to end (DDP, gloo)."""
-    import shutil
-
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
+    """`torchrun --nproc_per_node=2 -m gentron train CFG` end to end (DDP, gloo). torchrun is run as
+    ``python -m torch.distributed.run`` with this interpreter, so a `torchrun` of another Python on PATH is not used."""
     run = tmp_path / "run"
-    args = [torchrun, "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "gentron", "train",
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "gentron", "train",
             str(REPO / "configs" / "shapes-tiny.yaml"), "--out", str(run)]
     for s in tiny_overrides(shapes_data) + ["train.steps=2", "train.batch_size=2", "train.parallel=ddp",
                                             "train.checkpoint_every=0", "sample.prompts=[]"]:
