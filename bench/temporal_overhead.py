@@ -8,7 +8,8 @@ images). Interleaved A/B rounds, median; reports sampling-style forward (no grad
 
 ``--every k`` adds an arm with TempSelfAttn in every k-th block only (``model.temporal_every``); 1 is GenTron's.
 ``--dims w`` adds an arm with TempSelfAttn in every block at q/k/v width w (``model.temporal_dim``; GenTron's is
-the hidden size).
+the hidden size). ``--conv`` adds an arm with the paper's layer plus ``temporal_conv`` (the 3×3×3 depthwise conv beside
+it, not the paper's; docs/video.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--every", type=int, nargs="+", default=[1], help="temporal_every values to measure")
     ap.add_argument("--dims", type=int, nargs="*", default=[], help="temporal_dim values to measure (every block)")
+    ap.add_argument("--conv", action="store_true", help="also measure TempSelfAttn + temporal_conv in every block")
     ap.add_argument("--model", help="a zoo model instead of the demo's (e.g. GenTron-S/2); drops the recipe's width")
     ap.add_argument("--resolution", type=int, help="input size (default: the demo's 32)")
     args = ap.parse_args()
@@ -54,10 +56,14 @@ def main() -> None:
         models[f"every block" if k == 1 else f"every {k}{ {2: 'nd', 3: 'rd'}.get(k, 'th')} block"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_every=k)
     for w in args.dims:
         models[f"every block at width {w}"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_dim=w)
-    for m in models.values():  # non-zero temporal output projections so nothing is short-cut
+    if args.conv:
+        models["every block, with the 3-D conv"] = build_gentron(cfg, "cross-attn", temporal_layers=True, temporal_conv=True)
+    for m in models.values():  # non-zero temporal output projections (and convs) so nothing is short-cut
         for blk in m.blocks:
             if blk.temporal_attn is not None:
                 torch.nn.init.normal_(blk.temporal_attn.proj.weight, std=0.02)
+            if getattr(blk, "temporal_conv", None) is not None:
+                torch.nn.init.normal_(blk.temporal_conv.weight, std=0.02)
 
     def video_inputs(n_videos: int):
         inp = make_inputs(cfg, "cross-attn", n_videos, dev)
