@@ -500,7 +500,9 @@ def test_long_demo_adds_the_token_conv_for_its_last_minutes_only(tmp_path, monke
     assert 0.25 < final.train.lr_decay_fraction <= 1.0  # the last quarter of the whole mix, all in the conv's part
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 6]
-    assert "then 4 on the full mix, the last 2 with the token conv)" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "then 4 on the full mix, the last 2 with the token conv)" in report
+    assert "(dotted lines: the full mix starts, then the token conv joins)" in report
 
 
 def test_demo_in_two_processes_trains_as_one(tmp_path, monkeypatch):
