@@ -389,6 +389,28 @@ def test_video_eval_is_exact_on_ground_truth_and_catches_wrong_motion():
     assert reverse["frame_shape"] == 1.0 and reverse["frame_color"] == 1.0 and still["temporal_consistency"] == 1.0
 
 
+def test_motion_chance_levels_follow_the_suite_and_the_clips():
+    """Chance is 1/4 for one object and 1/12 for two (different directions); the caption-blind level scores the
+    model's own clips against every caption: 1/4 or 1/12 for clips that move clearly, 0 for still ones."""
+    from gentron.eval.video_eval import ground_truth_clips, motion_captions, summarize, video_eval_suite
+
+    prompts = video_eval_suite("heldout", 12)
+    kinds = [p.kind for p in prompts]
+    assert {"single", "pair"} <= set(kinds)
+    assert [len(motion_captions(p)) for p in prompts] == [4 if k == "single" else 12 for k in kinds]
+    expected = sum(0.25 if k == "single" else 1 / 12 for k in kinds) / len(kinds)
+    clips = ground_truth_clips(prompts)
+    truth = summarize(prompts, clips)
+    assert truth["chance"]["motion_direction"] == pytest.approx(expected)
+    assert truth["accuracy"]["motion_direction"] == 1.0
+    assert truth["chance"]["motion_direction_caption_blind"] == pytest.approx(expected)  # every clip moves clearly
+    reverse = summarize(prompts, [c[::-1] for c in clips])
+    assert reverse["accuracy"]["motion_direction"] == 0.0
+    assert reverse["chance"]["motion_direction_caption_blind"] == pytest.approx(expected)  # moves, just not as told
+    still = summarize(prompts, [[c[0]] * len(c) for c in clips])
+    assert still["chance"]["motion_direction_caption_blind"] == 0.0
+
+
 def test_temporal_every_k_blocks():
     kw = zoo_config("GenTron-T/4", conditioning="cross-attn", text_dims=[8], sample_size=8, in_channels=3,
                     learn_sigma=False, depth=4)
