@@ -101,6 +101,15 @@ def _worker(data: str, out: str) -> None:
 
     save_file({k: v.contiguous() for k, v in t.model.state_dict().items()},
               out_dir / f"timed.rank{dist.get_rank()}.safetensors")
+
+    # The caption bank split across the ranks (batch i on rank i mod 2, then gathered) against one process's bank
+    from gentron.train.trainer import TextBank
+
+    enc, captions = t.text_encoders[0], t.data.captions
+    shared = TextBank(enc, captions, t.device, batch=2, show_progress=False, ctx=t.ctx)
+    alone = TextBank(enc, captions, t.device, batch=2, show_progress=False)
+    save_file({f"{kind}.{k}": getattr(bank, k).contiguous() for kind, bank in (("shared", shared), ("alone", alone))
+               for k in ("tokens", "mask", "pooled")}, out_dir / f"bank.rank{dist.get_rank()}.safetensors")
     dist.barrier()
     dist.destroy_process_group()
 
@@ -163,6 +172,16 @@ def test_ranks_of_a_time_budgeted_run_share_one_clock(two_process_runs):
         assert torch.equal(a[k], b[k]), k
     lrs = [json.loads(line)["lr"] for line in (two_process_runs / "timed" / "metrics.jsonl").read_text().splitlines()]
     assert len(lrs) >= 3 and lrs[-1] < 0.5 * lrs[0]  # the lr did follow the clock down
+
+
+def test_ranks_share_the_caption_encoding_and_get_one_processs_bank(two_process_runs):
+    """Each rank encodes every other batch of captions and the batches are gathered: every rank then holds exactly
+    the bank one process builds alone."""
+    for r in (0, 1):
+        bank = _weights(two_process_runs / f"bank.rank{r}.safetensors")
+        assert bank["alone.tokens"].shape[0] > 4  # more than one batch per rank: the split is exercised
+        for k in ("tokens", "mask", "pooled"):
+            assert torch.equal(bank[f"shared.{k}"], bank[f"alone.{k}"]), (r, k)
 
 
 def test_torchrun_cli(shapes_data, tmp_path):

@@ -446,7 +446,12 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
     from gentron.train.trainer import WHITENING_ENERGY_WARN
 
     sets = _tiny_demo(monkeypatch, steps=5, prompts="[a red circle]")
+    step_times = []
+    real_reserve = demo.eval_reserve_minutes
+    monkeypatch.setattr(demo, "eval_reserve_minutes", lambda s: step_times.append(s) or real_reserve(s))
     result = demo.run_demo(tmp_path, minutes=3, device="cpu", overrides=sets, relations_steps=3, processes=1)
+    rel = result["stages"]["relations"]
+    assert step_times == [pytest.approx(60 * rel["minutes"] / rel["steps"])]  # the mix's reserve: measured step time
 
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data-relations")} == {"spatial"}
     assert {scene.kind for _, _, scene in load_scenes(tmp_path / "data")} == {"single", "count", "spatial", "complex"}
@@ -472,6 +477,18 @@ def test_demo_trains_relations_first_then_resumes_on_the_full_mix(tmp_path, monk
         load_config(demo.recipe_path()).diffusion.gradient_loss > 0
     assert (tmp_path / "loss.png").is_file()
     assert "(3 steps on two-object scenes, then 2 on the full mix)" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_eval_reserve_covers_the_measured_evaluations():
+    """The mixed stage's reserve, from the relations stage's step time, covers the evaluation + report measured on
+    both 2-core machines (0.159 s/step -> 25 s on the Zen 4, bf16; 0.28 s/step -> 39 s on the AVX2 EPYC, fp32) with
+    15 s to spare, and a slower machine keeps more."""
+    from gentron.cli import demo
+
+    for seconds_per_step, measured_s in ((0.159, 25), (0.28, 39)):
+        assert demo.eval_reserve_minutes(seconds_per_step) * 60 >= measured_s + 15
+        assert demo.eval_reserve_minutes(seconds_per_step) < 1.5  # less idle time than the old fixed reserve
+    assert demo.eval_reserve_minutes(1.0) > demo.eval_reserve_minutes(0.28)
 
 
 def test_long_demo_adds_the_token_conv_for_its_last_minutes_only(tmp_path, monkeypatch):

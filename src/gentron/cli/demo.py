@@ -50,6 +50,17 @@ RELATIONS_MODEL = ["model.overrides.mlp_token_conv=false"]
 # throughout, as the 15-minute demo does (spatial 0.96 at ~3.6k steps).
 TOKEN_CONV_MINUTES = 10.0
 PLAIN_MIX = RELATIONS_MODEL + ["train.lr_schedule=constant", "train.keep_checkpoints=1"]
+# The held-out evaluation (240 prompts, DPM-Solver 20 steps, CFG) costs about as much as EVAL_TRAIN_STEPS training
+# steps of the demo model plus EVAL_FIXED_S of loading and scoring: 26 s predicted / 25 s measured on the Zen 4 (bf16),
+# 38 / 39 s on the AVX2 EPYC (fp32). The mixed stage keeps 1.25x that plus 15 s for it, instead of a fixed 1.5 min
+# that left ~1 min of a 15-minute demo unused on both machines.
+EVAL_TRAIN_STEPS = 100
+EVAL_FIXED_S = 10.0
+
+
+def eval_reserve_minutes(seconds_per_step: float) -> float:
+    """Minutes the mixed stage leaves for the evaluation and the report, from the relations stage's step time."""
+    return 0.25 + 1.25 * (EVAL_TRAIN_STEPS * seconds_per_step + EVAL_FIXED_S) / 60
 
 
 def relations_overrides(out: Path, steps: int) -> list[str]:
@@ -185,8 +196,9 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
         if (out / old).is_dir():
             print(f"gentron demo: replacing the previous demo run in {out / old}")
             shutil.rmtree(out / old)
-    # Training gets what is left after data generation and caption encoding, minus a reserve for
-    # sampling 240 evaluation prompts and writing the report (~0.8 min for the demo model on 2 cores).
+    # Training gets what is left after data generation and caption encoding, minus a reserve for sampling 240
+    # evaluation prompts and writing the report: fixed until the relations stage has measured the step time, then
+    # `eval_reserve_minutes` of it (0.4-0.65 min of evaluation on 2 cores).
     reserve = 1.5 if total <= 30 else 3.0
     relations_steps = RELATIONS_STEPS if relations_steps is None else relations_steps
     processes = demo_processes(processes, device, cfg.train.batch_size)
@@ -200,6 +212,10 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
                        train_stage(cfg_rel, out / "relations", budget, label, processes,
                                    whitening=whitening_captions(cfg))))
         resume = stages[-1][2]["checkpoint"]
+        rel = stages[-1][2]
+        if total <= 30 and rel["steps"] > 0:  # a long demo keeps its fixed reserve
+            reserve = eval_reserve_minutes(60 * rel["minutes"] / rel["steps"])
+            print(f"gentron demo: {reserve:.2f} min kept for the evaluation (from the relations stage's step time)")
     mix_budget = StageBudget(t0, total, reserve)
     if cfg.model.overrides.get("mlp_token_conv") and mix_budget.minutes(time.time()) > 1.5 * TOKEN_CONV_MINUTES:
         cfg_plain = load_config(recipe_path(), sets + PLAIN_MIX)

@@ -129,6 +129,15 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (pickled over the process group)."""
+    if not ctx.enabled:
+        return [obj]
+    box: list[Any] = [None] * ctx.world
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
