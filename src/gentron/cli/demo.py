@@ -198,7 +198,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
             shutil.rmtree(out / old)
     # Training gets what is left after data generation and caption encoding, minus a reserve for sampling 240
     # evaluation prompts and writing the report: fixed until the relations stage has measured the step time, then
-    # `eval_reserve_minutes` of it (0.4-0.65 min of evaluation on 2 cores).
+    # `eval_reserve_minutes` of it (0.35-0.65 min of evaluation on 2 cores).
     reserve = 1.5 if total <= 30 else 3.0
     relations_steps = RELATIONS_STEPS if relations_steps is None else relations_steps
     processes = demo_processes(processes, device, cfg.train.batch_size)
