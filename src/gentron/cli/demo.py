@@ -211,8 +211,8 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
         stages.append(("relations", out / "relations",
                        train_stage(cfg_rel, out / "relations", budget, label, processes,
                                    whitening=whitening_captions(cfg))))
-        resume = stages[-1][2]["checkpoint"]
         rel = stages[-1][2]
+        resume = rel["checkpoint"]
         if total <= 30 and rel["steps"] > 0:  # a long demo keeps its fixed reserve
             reserve = eval_reserve_minutes(60 * rel["minutes"] / rel["steps"])
             print(f"gentron demo: {reserve:.2f} min kept for the evaluation (from the relations stage's step time)")
