@@ -30,7 +30,8 @@ if __name__ == "__main__":
     own_data = any(s.startswith("data.") for s in args.sets)
     data = out / "probes" / f"{args.name}-data" if own_data else out / "data"
     run = out / "probes" / args.name
-    sets = [f"data.path={data}", "train.device=cpu", f"train.steps={start + args.steps}", "train.max_minutes=0",
+    # train_stage sets max_minutes from its StageBudget (600 min here), so the steps end the run and set the decay
+    sets = [f"data.path={data}", "train.device=cpu", f"train.steps={start + args.steps}",
             f"train.warmup_steps={start}", "train.checkpoint_every=0"] + args.sets
     cfg = load_config(demo.recipe_path(), sets)
     processes = demo.demo_processes(0, "cpu", cfg.train.batch_size)
