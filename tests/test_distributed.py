@@ -203,6 +203,58 @@ def test_torchrun_cli(shapes_data, tmp_path):
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_local_ranks_end_when_their_launcher_is_killed():
+    """`run_local_ranks` (the CPU demo's training processes): a launcher killed with SIGKILL takes its ranks with
+    it (they get SIGTERM, which a Trainer answers with a checkpoint), instead of leaving orphans that train on.
+    The launcher ignores SIGINT, as a shell's background job (`gentron demo &`, nohup) does: torch's own
+    parent-death signal is SIGINT, which such ranks inherit ignored."""
+    launcher = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                 "from gentron.train.distributed import run_local_ranks; run_local_ranks(time.sleep, 2, 300)"])
+    ranks: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            ranks = [p for p in _children(launcher.pid)
+                     if b"multiprocessing.spawn" in (Path("/proc") / str(p) / "cmdline").read_bytes()]
+            if len(ranks) == 2:
+                break
+            time.sleep(0.2)
+        assert len(ranks) == 2, "the launcher did not start its two ranks"
+        time.sleep(5)  # let them get into time.sleep (the other path, a launcher dead before, is checked too)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + 30
+        while any(_alive(p) for p in ranks) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in ranks), "ranks outlived their killed launcher"
+    finally:
+        launcher.kill()
+        for p in ranks:
+            if _alive(p):
+                os.kill(p, 9)
+
+
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

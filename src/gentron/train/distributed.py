@@ -13,7 +13,9 @@ import io
 import os
 import pickle
 import shutil
+import signal
 import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,13 +91,31 @@ def run_local_ranks(fn: Callable[..., None], world: int, *args: Any) -> None:
     ``fn`` must be importable (a module-level function); an exception in any rank is raised here."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_local_rank_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    mp.spawn(_local_rank_entry, args=(world, free_port(), os.getpid(), fn, args), nprocs=world, join=True)
 
 
-def _local_rank_entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+def _local_rank_entry(rank: int, world: int, port: int, parent: int, fn: Callable[..., None], args: tuple) -> None:
+    _terminate_with_parent(parent)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     fn(*args)
+
+
+def _terminate_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this process SIGTERM when ``parent`` (the launcher) dies, even by SIGKILL.
+    Why: torch's spawn asks for SIGINT, which a background job (`gentron demo &`, nohup) ignores, so a killed demo
+    left its ranks training on as orphans for the rest of their budget, holding the cores. SIGTERM is what the
+    trainer answers with a checkpoint and a clean exit."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 # ------------------------------------------------------------------------------------------------
