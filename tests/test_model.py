@@ -462,3 +462,34 @@ def test_mlp_token_conv_starts_as_the_plain_model_and_mixes_neighbours_only(fram
     loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
     assert loaded.config.mlp_token_conv
     torch.testing.assert_close(call(loaded, x, t, tok, mask), out)
+
+
+def test_mlp_token_conv_gain_is_a_reparameterisation_that_adam_moves_gain_times_as_fast(tmp_path):
+    """``mlp_token_conv_gain`` g scales the conv's output: weights w at gain g are weights g·w at gain 1 (same
+    function, saved with the config), and from zero one Adam step moves the gain-g conv's output g times as far."""
+    g = 3.0
+    plain = randomize(tiny("cross-attn", mlp_token_conv=True)).eval()
+    fast = tiny("cross-attn", mlp_token_conv=True, mlp_token_conv_gain=g).eval()
+    fast.load_state_dict({k: v / g if ".token_conv." in k else v for k, v in plain.state_dict().items()})
+    x, t, tok, mask = inputs()
+    close = dict(rtol=1e-4, atol=1e-4)  # w/g·g is not w in floats; the randomized network amplifies it
+    torch.testing.assert_close(call(fast, x, t, tok, mask), call(plain, x, t, tok, mask), **close)
+    fast.save_pretrained(tmp_path / "m")
+    loaded = GenTronTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.config.mlp_token_conv_gain == g
+    torch.testing.assert_close(call(loaded, x, t, tok, mask), call(fast, x, t, tok, mask))
+    with pytest.raises(ValueError, match="mlp_token_conv_gain must be > 0"):
+        tiny("cross-attn", mlp_token_conv=True, mlp_token_conv_gain=0.0)
+
+    grid, h = (4, 4), torch.randn(2, 16, plain.blocks[0].mlp.fc1.in_features)
+    moved = []
+    for gain in (1.0, g):
+        mlp = tiny("cross-attn", mlp_token_conv=True, mlp_token_conv_gain=gain).blocks[0].mlp
+        mlp.load_state_dict(plain.blocks[0].mlp.state_dict() | {
+            k: torch.zeros_like(v) for k, v in plain.blocks[0].mlp.state_dict().items() if k.startswith("token_conv.")})
+        before = mlp(h, grid).detach()
+        opt = torch.optim.Adam(mlp.token_conv.parameters(), lr=1e-3)
+        mlp(h, grid).square().sum().backward()
+        opt.step()
+        moved.append((mlp(h, grid).detach() - before).abs().mean())
+    torch.testing.assert_close(moved[1] / moved[0], torch.tensor(g), rtol=2e-2, atol=0)

@@ -150,6 +150,18 @@ def test_init_from_t2i_is_frame_by_frame_t2i(tmp_path, temporal):
         init_from_t2i(tiny_video_model(temporal_layers=True, depth=3), tmp_path, log=lambda s: None)
 
 
+def test_init_from_t2i_refuses_another_token_conv_gain(tmp_path):
+    """The conv's gain is not in the weights: loading them at another gain would silently change the function."""
+    from gentron.train.video import init_from_t2i
+
+    tiny_video_model(mlp_token_conv=True, mlp_token_conv_gain=3.0).save_pretrained(tmp_path / "transformer")
+    with pytest.raises(ValueError, match="mlp_token_conv_gain 3, this model 1"):
+        init_from_t2i(tiny_video_model(temporal_layers=True, mlp_token_conv=True), tmp_path, log=lambda s: None)
+    info = init_from_t2i(tiny_video_model(temporal_layers=True, mlp_token_conv=True, mlp_token_conv_gain=3.0),
+                         tmp_path, log=lambda s: None)
+    assert info["new_layers"] > 0
+
+
 @pytest.mark.parametrize("temporal_dim", [None, 16])
 def test_frame_position_embedding_breaks_time_symmetry_but_not_motion_free(temporal_dim):
     x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -358,15 +358,19 @@ class Mlp(nn.Module):
     """The block's feed-forward: fc1 → GELU → fc2, optionally with a local token mixer in the hidden layer.
 
     ``token_conv`` adds a depthwise 3×3 convolution over the token grid to the hidden activations, as a
-    zero-initialised residual (h + DWConv(h)): SANA's Mix-FFN idea, which gives each token its neighbours'
+    zero-initialised residual (h + gain · DWConv(h)): SANA's Mix-FFN idea, which gives each token its neighbours'
     features without attention. At init the MLP is exactly the plain one. Needs the token grid in ``forward``.
+    ``token_conv_gain`` is a fixed multiplier on the conv's output: under Adam (steps of about lr per weight,
+    whatever the gradient's scale) the conv's output then moves ``gain`` times as fast. Why: the demo adds the
+    conv at zero for its last minutes of training, and at gain 1 it does not grow into drawing crosses in time.
     """
 
-    def __init__(self, dim: int, hidden: int, token_conv: bool = False):
+    def __init__(self, dim: int, hidden: int, token_conv: bool = False, token_conv_gain: float = 1.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.token_conv = None
+        self.token_conv_gain = token_conv_gain
         if token_conv:
             self.token_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
             nn.init.zeros_(self.token_conv.weight)
@@ -379,7 +383,7 @@ class Mlp(nn.Module):
                 raise ValueError("an Mlp with token_conv needs the token grid (grid_h, grid_w)")
             b, n, c = h.shape
             maps = h.transpose(1, 2).reshape(b, c, *grid)
-            h = h + self.token_conv(maps).flatten(2).transpose(1, 2)
+            h = h + self.token_conv_gain * self.token_conv(maps).flatten(2).transpose(1, 2)
         return self.fc2(h)
 
 
@@ -455,6 +459,7 @@ class GenTronBlock(nn.Module):
         qk_norm: str = "none",
         pos_query: bool = False,
         mlp_token_conv: bool = False,
+        mlp_token_conv_gain: float = 1.0,
         temporal_conv: bool = False,
     ):
         super().__init__()
@@ -479,7 +484,7 @@ class GenTronBlock(nn.Module):
             nn.init.zeros_(self.temporal_conv.weight)
             nn.init.zeros_(self.temporal_conv.bias)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.mlp = Mlp(hidden_size, mlp_hidden_size, token_conv=mlp_token_conv)
+        self.mlp = Mlp(hidden_size, mlp_hidden_size, token_conv=mlp_token_conv, token_conv_gain=mlp_token_conv_gain)
         if conditioning == "adaln-single":
             # PixArt-α: per-block learned table added to the one global time modulation.
             self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
@@ -676,6 +681,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         qk_norm: str = "none",
         pos_query: bool = False,
         mlp_token_conv: bool = False,
+        mlp_token_conv_gain: float = 1.0,
         text_whitening: bool = False,
         text_whitening_shrinkage: float = 1e-3,
         pos_embed_base_size: Optional[int] = None,
@@ -685,6 +691,8 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
         super().__init__()
         if temporal_every < 1:
             raise ValueError(f"temporal_every must be >= 1, got {temporal_every}")
+        if not mlp_token_conv_gain > 0:
+            raise ValueError(f"mlp_token_conv_gain must be > 0, got {mlp_token_conv_gain}")
         if temporal_relative_values and not temporal_pos_embed:
             raise ValueError("temporal_relative_values adds the frame embedding to the values: it needs temporal_pos_embed")
         if temporal_conv and not temporal_layers:
@@ -759,6 +767,7 @@ class GenTronTransformer(ModelMixin, ConfigMixin):
                 qk_norm=qk_norm,
                 pos_query=pos_query,
                 mlp_token_conv=mlp_token_conv,
+                mlp_token_conv_gain=mlp_token_conv_gain,
                 temporal_conv=temporal_conv,
             )
             for i in range(depth)

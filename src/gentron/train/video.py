@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -56,6 +57,13 @@ def init_from_t2i(model: torch.nn.Module, path: Union[str, Path], log: Callable[
     GenTron Sec. 3.3.1 says: TempSelfAttn output projection weight and bias zero, LayerNorm identity.
     """
     weights, where = find_t2i_weights(path)
+    source = Path(where).parent / "config.json"  # a transformer dir's config (checkpoints have none beside them)
+    if source.is_file() and hasattr(model, "config"):
+        # the weights cannot tell this option: a conv trained at one gain computes another function at another
+        theirs = float(json.loads(source.read_text()).get("mlp_token_conv_gain", 1.0))
+        if theirs != float(getattr(model.config, "mlp_token_conv_gain", 1.0)):
+            raise ValueError(f"--init-from {where}: its model has mlp_token_conv_gain {theirs:g}, this model "
+                             f"{model.config.mlp_token_conv_gain:g}; set model.overrides.mlp_token_conv_gain={theirs:g}")
     own = model.state_dict()
     unexpected = [k for k in weights if k not in own]
     if unexpected:
