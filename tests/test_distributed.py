@@ -229,8 +229,10 @@ def test_local_ranks_end_when_their_launcher_is_killed():
     it (they get SIGTERM, which a Trainer answers with a checkpoint), instead of leaving orphans that train on.
     The launcher ignores SIGINT, as a shell's background job (`gentron demo &`, nohup) does: torch's own
     parent-death signal is SIGINT, which such ranks inherit ignored."""
-    launcher = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                                 "from gentron.train.distributed import run_local_ranks; run_local_ranks(time.sleep, 2, 300)"])
+    launcher = subprocess.Popen([sys.executable, "-c",
+                                 "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                 "from gentron.train.distributed import run_local_ranks; "
+                                 "run_local_ranks(time.sleep, 2, 300)"])
     ranks: list[int] = []
     try:
         deadline = time.time() + 120

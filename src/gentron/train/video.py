@@ -63,7 +63,8 @@ def init_from_t2i(model: torch.nn.Module, path: Union[str, Path], log: Callable[
         theirs = float(json.loads(source.read_text()).get("mlp_token_conv_gain", 1.0))
         if theirs != float(getattr(model.config, "mlp_token_conv_gain", 1.0)):
             raise ValueError(f"--init-from {where}: its model has mlp_token_conv_gain {theirs:g}, this model "
-                             f"{model.config.mlp_token_conv_gain:g}; set model.overrides.mlp_token_conv_gain={theirs:g}")
+                             f"{model.config.mlp_token_conv_gain:g}; "
+                             f"set model.overrides.mlp_token_conv_gain={theirs:g}")
     own = model.state_dict()
     unexpected = [k for k in weights if k not in own]
     if unexpected:
