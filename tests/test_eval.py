@@ -498,7 +498,8 @@ def test_long_demo_adds_the_token_conv_for_its_last_minutes_only(tmp_path, monke
     from gentron.train.config import load_config
 
     sets = _tiny_demo(monkeypatch, steps=6, prompts="[]")
-    sets = [s.replace("text_whitening: true", "text_whitening: true, mlp_token_conv: true") for s in sets]
+    sets = [s.replace("text_whitening: true", "text_whitening: true, mlp_token_conv: true, mlp_token_conv_gain: 3.0")
+            for s in sets]
     monkeypatch.setattr(demo, "TOKEN_CONV_MINUTES", 0.5)  # the test's 3-minute demo leaves ~1.4 min for the mix
     real_train_stage = demo.train_stage
 
@@ -514,6 +515,7 @@ def test_long_demo_adds_the_token_conv_for_its_last_minutes_only(tmp_path, monke
     plain, final = (load_config(tmp_path / d / "config.yaml") for d in ("mix-plain", "run"))
     assert not plain.model.overrides["mlp_token_conv"] and plain.train.lr_schedule == "constant"
     assert final.model.overrides["mlp_token_conv"] and final.train.lr_schedule == "wsd"
+    assert final.model.overrides["mlp_token_conv_gain"] == demo.LATE_CONV_GAIN != 3.0  # the long demo's late conv
     assert 0.25 < final.train.lr_decay_fraction <= 1.0  # the last quarter of the whole mix, all in the conv's part
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 6]

@@ -49,6 +49,10 @@ RELATIONS_MODEL = ["model.overrides.mlp_token_conv=false"]
 # shape 0.979 (docs/demo-recipe.md, seventeenth round). A mixed stage shorter than 1.5x this keeps the conv
 # throughout, as the 15-minute demo does (spatial 0.96 at ~3.6k steps).
 TOKEN_CONV_MINUTES = 10.0
+# The conv's gain in those last minutes of a long demo. The recipe's 3 (mlp_token_conv_gain) is for a conv that joins a
+# ~4k-step mixed stage; after ~18k plain steps, one `--minutes 60` run with 3 scored shape 0.875 (cross 11/16), where
+# two with 1 scored 0.979 and 0.938 (docs/demo-recipe.md, twentieth round). A `--set` of the gain is kept.
+LATE_CONV_GAIN = 1.0
 PLAIN_MIX = RELATIONS_MODEL + ["train.lr_schedule=constant", "train.keep_checkpoints=1"]
 # The held-out evaluation (240 prompts, DPM-Solver 20 steps, CFG) costs about as much as EVAL_TRAIN_STEPS training
 # steps of the demo model plus EVAL_FIXED_S of loading and scoring: 26 s predicted / 25 s measured on the Zen 4 (bf16),
@@ -228,6 +232,8 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
         plain, left = stages[-1][2]["minutes"], mix_budget.minutes(time.time())
         cfg = copy.deepcopy(cfg)
         cfg.train.lr_decay_fraction = min(1.0, cfg.train.lr_decay_fraction * (plain + left) / left)
+        if not any(s.startswith("model.overrides.mlp_token_conv_gain=") for s in sets):
+            cfg.model.overrides["mlp_token_conv_gain"] = LATE_CONV_GAIN
     label = "stage 2 (full mix): training" if stages else "training"
     if stages and stages[-1][0] == "mix-plain":
         label = "stage 2b (full mix): the token conv joins, lr decays"
