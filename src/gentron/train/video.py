@@ -61,9 +61,10 @@ def init_from_t2i(model: torch.nn.Module, path: Union[str, Path], log: Callable[
     if source.is_file() and hasattr(model, "config"):
         # the weights cannot tell this option: a conv trained at one gain computes another function at another
         theirs = float(json.loads(source.read_text()).get("mlp_token_conv_gain", 1.0))
-        if theirs != float(getattr(model.config, "mlp_token_conv_gain", 1.0)):
+        mine = float(getattr(model.config, "mlp_token_conv_gain", 1.0))
+        if theirs != mine:
             raise ValueError(f"--init-from {where}: its model has mlp_token_conv_gain {theirs:g}, this model "
-                             f"{model.config.mlp_token_conv_gain:g}; "
+                             f"{mine:g}; "
                              f"set model.overrides.mlp_token_conv_gain={theirs:g}")
     own = model.state_dict()
     unexpected = [k for k in weights if k not in own]
