@@ -452,10 +452,11 @@ def test_train_init_from_dit_rejects_a_mismatched_checkpoint(shapes_data, tmp_pa
 def test_resume_adds_zero_initialised_token_conv_and_continues_the_rest_exactly(shapes_data, tmp_path):
     """The demo's curriculum: stage 1 trains without ``mlp_token_conv``, stage 2 resumes its checkpoint with it.
     The new layers start at zero (the model's output is the checkpoint's), every saved weight, EMA shadow and
-    AdamW moment loads exactly, the new layers then train; any other mismatch is still an error."""
+    AdamW moment loads exactly, the new layers then train (at any gain: they start at zero); any other mismatch,
+    and a checkpoint with the conv resumed under another gain, is still an error."""
     first = make_trainer(shapes_data, tmp_path / "a", ["train.steps=3", "train.checkpoint_every=3"])
     first.fit()
-    conv = ["model.overrides.mlp_token_conv=true"]
+    conv = ["model.overrides.mlp_token_conv=true", "model.overrides.mlp_token_conv_gain=3"]  # the demo's gain
     grown = make_trainer(shapes_data, tmp_path / "a", ["train.steps=5"] + conv, resume="auto")
     assert grown.step == 3
     old, new = dict(first.model.named_parameters()), dict(grown.model.named_parameters())
@@ -475,6 +476,10 @@ def test_resume_adds_zero_initialised_token_conv_and_continues_the_rest_exactly(
 
     with pytest.raises(ValueError, match="does not match the model"):  # other architecture changes stay errors
         make_trainer(shapes_data, tmp_path / "a", ["train.steps=7", "model.overrides.qk_norm=all"] + conv,
+                     resume="auto")
+    # the conv's gain shows in no weight: a checkpoint that has the conv resumes only under its own gain
+    with pytest.raises(ValueError, match="mlp_token_conv_gain 3, this run has 1: resume it with --set model"):
+        make_trainer(shapes_data, tmp_path / "a", ["train.steps=7", "model.overrides.mlp_token_conv=true"],
                      resume="auto")
 
 

@@ -480,6 +480,7 @@ class Trainer:
         if state is None:
             state = ckpt.load_checkpoint(where)
         meta = state["meta"]
+        self._check_weightless_options(where, meta)
         if "dcp" in state:
             if self.parallel != "fsdp":
                 raise ValueError(f"checkpoint {where} is sharded (FSDP2): resume it with train.parallel=fsdp under torchrun")
@@ -498,6 +499,18 @@ class Trainer:
             self.log(f"warning: global batch changed on resume ({old_gb} -> {self.global_batch}); "
                      "the data order continues from step position, not from the same sample")
         self.log(f"resumed from {where} at step {self.step}")
+
+    def _check_weightless_options(self, where: Path, meta: dict) -> None:
+        """A fixed gain on the token conv changes the function but no weight's shape, so a load would pass and
+        training would silently continue another model: a checkpoint resumes only under the gain it trained with.
+        (A conv added on resume starts at zero, so it may take any gain.)"""
+        theirs = ((meta.get("config") or {}).get("model") or {}).get("overrides") or {}
+        if not (theirs.get("mlp_token_conv") and self.model.config.mlp_token_conv):
+            return
+        old, new = float(theirs.get("mlp_token_conv_gain", 1.0)), float(self.model.config.mlp_token_conv_gain)
+        if old != new:
+            raise ValueError(f"checkpoint {where} was trained with mlp_token_conv_gain {old:g}, this run has {new:g}: "
+                             f"resume it with --set model.overrides.mlp_token_conv_gain={old:g}")
 
     def _load_replicated(self, where: Path, state: dict) -> None:
         model_state = {k: v for k, v in state["model"].items() if not k.startswith("text.")}
