@@ -524,6 +524,26 @@ def test_long_demo_adds_the_token_conv_for_its_last_minutes_only(tmp_path, monke
     assert "(dotted lines: the full mix starts, then the token conv joins)" in report
 
 
+def test_long_demo_late_conv_keeps_gain_one_unless_a_set_names_the_gain():
+    """The long demo's last stage: LATE_CONV_GAIN replaces the recipe's gain, a dotted `--set` of the gain is kept,
+    a `--set` of the whole overrides dict is not a set of the gain, and the lr decay covers a quarter of the mix."""
+    from gentron.cli import demo
+    from gentron.train.config import load_config
+
+    cfg = load_config(demo.recipe_path())
+    assert cfg.model.overrides["mlp_token_conv_gain"] == 3.0 != demo.LATE_CONV_GAIN
+    late = demo.late_token_conv_config(cfg, [], plain_minutes=30.0, left_minutes=10.0)
+    assert late.model.overrides["mlp_token_conv_gain"] == demo.LATE_CONV_GAIN
+    assert late.train.lr_decay_fraction == pytest.approx(min(1.0, cfg.train.lr_decay_fraction * 4))
+    assert cfg.model.overrides["mlp_token_conv_gain"] == 3.0  # the recipe's config is not changed in place
+    dotted = "model.overrides.mlp_token_conv_gain=6"
+    kept = demo.late_token_conv_config(load_config(demo.recipe_path(), [dotted]), [dotted], 30.0, 10.0)
+    assert kept.model.overrides["mlp_token_conv_gain"] == 6.0
+    whole = "model.overrides={mlp_token_conv: true, mlp_token_conv_gain: 6.0}"
+    replaced = demo.late_token_conv_config(load_config(demo.recipe_path(), [whole]), [whole], 30.0, 10.0)
+    assert replaced.model.overrides["mlp_token_conv_gain"] == demo.LATE_CONV_GAIN
+
+
 def test_demo_in_two_processes_trains_as_one(tmp_path, monkeypatch):
     """On a 2-core CPU the demo trains its stages as two data-parallel processes of one thread each (the global batch
     unchanged): the same weights as one process, to float rounding, and the report says how it trained."""

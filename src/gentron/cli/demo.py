@@ -67,6 +67,18 @@ def eval_reserve_minutes(seconds_per_step: float) -> float:
     return 0.25 + 1.25 * (EVAL_TRAIN_STEPS * seconds_per_step + EVAL_FIXED_S) / 60
 
 
+def late_token_conv_config(cfg, sets: list[str], plain_minutes: float, left_minutes: float):
+    """The long demo's last stage, where the token conv joins: the wsd lr still decays over the last quarter of the
+    whole mixed stage (now all inside the conv's minutes), and the conv keeps LATE_CONV_GAIN unless a dotted `--set`
+    of the gain asks otherwise."""
+    cfg = copy.deepcopy(cfg)
+    whole = plain_minutes + left_minutes
+    cfg.train.lr_decay_fraction = min(1.0, cfg.train.lr_decay_fraction * whole / left_minutes)
+    if not any(s.startswith("model.overrides.mlp_token_conv_gain=") for s in sets):
+        cfg.model.overrides["mlp_token_conv_gain"] = LATE_CONV_GAIN
+    return cfg
+
+
 def relations_overrides(out: Path, steps: int) -> list[str]:
     """Stage 1 of the demo: spatial scenes only, constant lr after warm-up (stage 2 decays at its end, `wsd`)."""
     return RELATIONS_DATA + RELATIONS_LOSS + RELATIONS_MODEL + [f"data.path={out / 'data-relations'}", f"train.steps={steps}",
@@ -228,12 +240,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
                        train_stage(cfg_plain, out / "mix-plain", StageBudget(t0, total, reserve + TOKEN_CONV_MINUTES),
                                    label, processes, resume=resume)))
         resume = stages[-1][2]["checkpoint"]
-        # wsd still decays over the last quarter of the whole mixed stage, now all inside the conv's minutes
-        plain, left = stages[-1][2]["minutes"], mix_budget.minutes(time.time())
-        cfg = copy.deepcopy(cfg)
-        cfg.train.lr_decay_fraction = min(1.0, cfg.train.lr_decay_fraction * (plain + left) / left)
-        if not any(s.startswith("model.overrides.mlp_token_conv_gain=") for s in sets):
-            cfg.model.overrides["mlp_token_conv_gain"] = LATE_CONV_GAIN
+        cfg = late_token_conv_config(cfg, sets, stages[-1][2]["minutes"], mix_budget.minutes(time.time()))
     label = "stage 2 (full mix): training" if stages else "training"
     if stages and stages[-1][0] == "mix-plain":
         label = "stage 2b (full mix): the token conv joins, lr decays"
