@@ -203,24 +203,24 @@ def test_torchrun_cli(shapes_data, tmp_path):
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
+def _proc_state(pid: int | str) -> tuple[str, int] | None:
+    """(state letter, parent pid) of a process from /proc, or None once it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def _children(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
+    """Live (not zombie) processes whose parent is ``pid``."""
+    states = {int(d.name): _proc_state(d.name) for d in Path("/proc").glob("[0-9]*")}
+    return [kid for kid, st in states.items() if st is not None and st[1] == pid and st[0] != "Z"]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    st = _proc_state(pid)
+    return st is not None and st[0] != "Z"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
