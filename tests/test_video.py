@@ -404,7 +404,7 @@ def test_video_eval_is_exact_on_ground_truth_and_catches_wrong_motion():
 def test_motion_chance_levels_follow_the_suite_and_the_clips():
     """Chance is 1/4 for one object and 1/12 for two (different directions); the caption-blind level scores the
     model's own clips against every caption: 1/4 or 1/12 for clips that move clearly, 0 for still ones."""
-    from gentron.eval.video_eval import ground_truth_clips, motion_captions, summarize, video_eval_suite
+    from gentron.eval.video_eval import direction_of, ground_truth_clips, motion_captions, summarize, video_eval_suite
 
     prompts = video_eval_suite("heldout", 12)
     kinds = [p.kind for p in prompts]
@@ -421,6 +421,10 @@ def test_motion_chance_levels_follow_the_suite_and_the_clips():
     assert reverse["chance"]["motion_direction_caption_blind"] == pytest.approx(expected)  # moves, just not as told
     still = summarize(prompts, [[c[0]] * len(c) for c in clips])
     assert still["chance"]["motion_direction_caption_blind"] == 0.0
+    # per object, the tracked centroid's first and last position (image fractions): the move it reports, reversed
+    for fwd, back in zip(truth["per_prompt"], reverse["per_prompt"]):
+        for (start, end), (b_start, b_end), move in zip(fwd["paths"], back["paths"], fwd["moves"]):
+            assert direction_of(end[0] - start[0], end[1] - start[1]) == move and (b_start, b_end) == (end, start)
 
 
 def test_temporal_every_k_blocks():

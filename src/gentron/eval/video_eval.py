@@ -5,6 +5,8 @@ Per clip (T frames), with the detector of :mod:`gentron.eval.detector` run on ev
 * **motion_direction** — each prompt object is tracked by the centroid of the largest detection of its
   colour; the displacement from its first to its last detected frame must point the captioned way (dominant
   axis, at least :data:`MIN_TRAVEL` of the image side). A clip is correct when every object moves right.
+  Each per-prompt entry keeps the ``moves`` it read and the ``paths`` (first and last centroid, image fractions), so
+  a report shows where a wrong move started, e.g. on the side its motion word names.
 * **temporal_consistency** — every prompt object is found in every frame and its shape call never changes
   (the colour is the tracking key), and the number of detected objects is constant.
 * **frame_color** — per-frame colour accuracy: the fraction of frames in which every prompt colour is found.
@@ -82,7 +84,7 @@ def score_detections(prompt: VideoPrompt, dets: Sequence[Sequence[Any]]) -> dict
     t = len(dets)
     motion_ok, consistent = True, True
     color_hits, frame_hits = np.ones(t, dtype=bool), np.ones(t, dtype=bool)
-    moves = []
+    moves, paths = [], []
     for color, shape, motion in prompt.objects:
         track = [max((d for d in fd if d.color == color), key=lambda d: d.area, default=None) for fd in dets]
         found = [k for k, d in enumerate(track) if d is not None]
@@ -91,10 +93,12 @@ def score_detections(prompt: VideoPrompt, dets: Sequence[Sequence[Any]]) -> dict
         if len(found) < 2:
             motion_ok, consistent = False, False
             moves.append(None)
+            paths.append(None)
             continue
         a, b = track[found[0]], track[found[-1]]
         got = direction_of(b.cx - a.cx, b.cy - a.cy)
         moves.append(got)
+        paths.append([[round(a.cx, 3), round(a.cy, 3)], [round(b.cx, 3), round(b.cy, 3)]])
         motion_ok &= got == motion
         shapes = Counter(track[k].shape for k in found)
         consistent &= len(found) == t and len(shapes) == 1
@@ -107,6 +111,7 @@ def score_detections(prompt: VideoPrompt, dets: Sequence[Sequence[Any]]) -> dict
         "frame_shape": frame_acc,
         "overall": bool(motion_ok and consistent and frame_acc == 1.0),
         "moves": moves,
+        "paths": paths,
         "detected": [[d.describe() for d in fd] for fd in dets],
     }
 
@@ -143,7 +148,7 @@ def summarize(prompts: Sequence[VideoPrompt], clips: Sequence[Sequence[Image.Ima
         b = caption_blind_motion(p, s["moves"])
         blind += b
         per.append({"prompt": p.prompt, "kind": p.kind, **{k: s[k] for k in VIDEO_METRICS}, "moves": s["moves"],
-                    "motion_caption_blind": b})
+                    "paths": s["paths"], "motion_caption_blind": b})
     n = max(len(per), 1)
     chance = {"motion_direction": motion_chance(list(prompts)[:len(per)]), "motion_direction_caption_blind": blind / n}
     return {"accuracy": {k: v / n for k, v in sums.items()}, "chance": chance, "per_prompt": per, "num_clips": len(per)}
