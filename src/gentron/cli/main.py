@@ -118,6 +118,7 @@ def load_pipeline(path: str, device: str = "auto", sampler: Optional[str] = None
     """A `GenTronPipeline` from a ``save_pretrained`` folder or a run directory (its EMA export)."""
     import torch
 
+    from gentron.models import offline_load_kwargs
     from gentron.pipelines import GenTronPipeline
 
     p = Path(path)
@@ -132,7 +133,7 @@ def load_pipeline(path: str, device: str = "auto", sampler: Optional[str] = None
                 f"(pipeline/model_index.json); train one with `gentron train` first"
             )
     try:
-        pipe = GenTronPipeline.from_pretrained(str(p), local_files_only=True)
+        pipe = GenTronPipeline.from_pretrained(str(p), **offline_load_kwargs())
     except Exception as e:  # noqa: BLE001
         raise UserError(f"could not load pipeline from {p}: {type(e).__name__}: {e}") from e
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from gentron.models import offline_load_kwargs
 from gentron.models.transformer import GenTronTransformer, sincos_2d
 
 StateDict = dict[str, torch.Tensor]
@@ -591,7 +592,7 @@ def _load_diffusers_model(model_or_dir: Any, cls_name: str) -> nn.Module:
 
     cls = getattr(diffusers, cls_name)
     try:
-        return cls.from_pretrained(str(p))
+        return cls.from_pretrained(str(p), **offline_load_kwargs())
     except Exception as e:
         raise ValueError(f"could not load a diffusers {cls_name} from {p}: {type(e).__name__}: {e}") from e
 
@@ -1162,7 +1163,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         folder = src / "transformer" if (src / "transformer" / "config.json").is_file() else src
         if not (folder / "config.json").is_file():
             raise ValueError(f"{src} is not a GenTron save_pretrained folder (no config.json)")
-        model = GenTronTransformer.from_pretrained(str(folder))
+        model = GenTronTransformer.from_pretrained(str(folder), **offline_load_kwargs())
     if args.reparam:
         if not args.text_dim:
             raise ValueError("--reparam needs --text-dim (token width of the text encoder)")

@@ -17,6 +17,8 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device] = "cpu", d
     """Load an `AutoencoderKL` from a local diffusers folder (or a pipeline folder with ``vae/``)."""
     from diffusers import AutoencoderKL
 
+    from gentron.models import offline_load_kwargs
+
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"VAE directory {p} not found (expected a diffusers AutoencoderKL folder with config.json)")
@@ -25,7 +27,7 @@ def load_vae(path: Union[str, Path], device: Union[str, torch.device] = "cpu", d
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p} has no config.json: expected a diffusers AutoencoderKL folder")
     try:
-        vae = AutoencoderKL.from_pretrained(str(p), local_files_only=True, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(str(p), torch_dtype=dtype, **offline_load_kwargs())
     except Exception as e:  # noqa: BLE001 — report which folder failed and why
         raise ValueError(f"could not load AutoencoderKL from {p}: {type(e).__name__}: {e}") from e
     vae.requires_grad_(False).eval()
