@@ -51,7 +51,8 @@ RELATIONS_MODEL = ["model.overrides.mlp_token_conv=false"]
 TOKEN_CONV_MINUTES = 10.0
 # The conv's gain in those last minutes of a long demo. The recipe's 3 (mlp_token_conv_gain) is for a conv that joins a
 # ~4k-step mixed stage; after ~18k plain steps, one `--minutes 60` run with 3 scored shape 0.875 (cross 11/16), where
-# two with 1 scored 0.979 and 0.938 (docs/demo-recipe.md, twentieth round). A `--set` of the gain is kept.
+# three with 1 scored 0.979, 0.938 and 0.938 (docs/demo-recipe.md, twentieth round, session 30). A `--set` of the gain
+# is kept.
 LATE_CONV_GAIN = 1.0
 PLAIN_MIX = RELATIONS_MODEL + ["train.lr_schedule=constant", "train.keep_checkpoints=1"]
 # The held-out evaluation (240 prompts, DPM-Solver 20 steps, CFG) costs about as much as EVAL_TRAIN_STEPS training
