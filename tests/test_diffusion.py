@@ -251,6 +251,30 @@ def test_gradient_loss_adds_the_residuals_pixel_differences_only():
         DiffusionConfig(gradient_loss=-1.0)
 
 
+def test_temporal_loss_adds_what_changes_across_frames_only():
+    """The motion term: a residual the same in every frame adds nothing; one that alternates ±1 over frames
+    (mean zero over the clip) adds λ × its squared mean (1); an image's loss is unchanged."""
+    plain = GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False))
+    motion = GaussianDiffusion(DiffusionConfig(prediction="sample", learn_sigma=False, temporal_loss=3.0))
+    t = torch.tensor([10, 900])
+    flicker = (torch.arange(4) % 2 * 2.0 - 1.0).view(1, 1, 4, 1, 1)
+    for shape, residual, extra in (((2, 3, 4, 8, 8), torch.randn(2, 3, 1, 8, 8).expand(2, 3, 4, 8, 8), 0.0),
+                                   ((2, 3, 4, 8, 8), flicker.expand(2, 3, 4, 8, 8), 3.0),
+                                   ((2, 3, 8, 8), torch.randn(2, 3, 8, 8), 0.0)):
+        x0, noise = data(shape)
+        x_t = plain.q_sample(x0, t, noise)
+        ref = plain.training_losses(x0 + residual, x0, x_t, t, noise)
+        out = motion.training_losses(x0 + residual, x0, x_t, t, noise)
+        torch.testing.assert_close(out["mse"], ref["mse"])
+        torch.testing.assert_close(out["loss"], ref["loss"] + extra * ref["weight"])
+        if len(shape) == 5:  # a motion-free pseudo-video (the second sample here) holds no motion to weigh
+            moving = torch.tensor([True, False])
+            out = motion.training_losses(x0 + residual, x0, x_t, t, noise, moving=moving)
+            torch.testing.assert_close(out["loss"], ref["loss"] + extra * ref["weight"] * moving)
+    with pytest.raises(ValueError, match="temporal_loss"):
+        DiffusionConfig(temporal_loss=-1.0)
+
+
 def test_sample_timesteps_and_training_step_inputs():
     for sampling in ("uniform", "logit_normal"):
         diff = GaussianDiffusion(DiffusionConfig(timestep_sampling=sampling))

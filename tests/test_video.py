@@ -342,8 +342,12 @@ def test_t2v_training_init_from_and_joint_batches(video_run):
     assert x.shape == (4, 3, 4, 16, 16)
     for i in torch.nonzero(mf).flatten().tolist():  # pseudo-videos are still
         assert torch.equal(x[i, :, 0], x[i, :, -1])
+    # the loss learns which samples are real clips (diffusion.temporal_loss weighs only their motion)
+    seen, losses = [], trainer.diffusion.training_losses
+    trainer.diffusion.training_losses = lambda *a, moving=None: seen.append(moving) or losses(*a, moving=moving)
     summary = trainer.fit()
     assert summary["steps"] == 1 and (tmp / "t2v" / "pipeline" / "model_index.json").is_file()
+    assert len(seen) == 1 and torch.equal(seen[0].cpu(), ~plan.draw(0)[1])
 
 
 def test_cli_sample_video_and_eval_video(video_run, trained_t2v, tmp_path, capsys):

@@ -72,6 +72,11 @@ class DiffusionConfig:
             The mirror image of ``multiscale_loss``: the optimum is again unchanged (differences are linear
             in the prediction), but edges — an object's silhouette — get a gradient that is not drowned by
             its colour and place.
+        temporal_loss: weight λ of an added MSE on the part of a video's residual that changes across frames
+            (the residual minus its mean over the clip). Images, and pseudo-videos of a repeated image (see
+            ``training_losses``' ``moving``), are unaffected. The optimum is again unchanged (the projection is
+            linear in the prediction), but motion errors (an object in the wrong place in some frames) get a
+            gradient that is not drowned by the errors every frame shares (colour, shape).
         rescale_betas_zero_snr: rescale the schedule to zero terminal SNR (Lin et al. 2024, Alg. 1), so
             that the last training step sees pure noise as sampling does. Needs v- or x0-prediction:
             ε-prediction is ill-posed at SNR 0 (x0 = (x_t − ε)/0).
@@ -88,6 +93,7 @@ class DiffusionConfig:
     logit_std: float = 1.0
     multiscale_loss: tuple[int, ...] = ()
     gradient_loss: float = 0.0
+    temporal_loss: float = 0.0
     rescale_betas_zero_snr: bool = False
 
     def __post_init__(self) -> None:
@@ -110,6 +116,8 @@ class DiffusionConfig:
             raise ValueError(f"DiffusionConfig.multiscale_loss factors must be ≥ 2, got {self.multiscale_loss}")
         if self.gradient_loss < 0:
             raise ValueError(f"DiffusionConfig.gradient_loss must be ≥ 0, got {self.gradient_loss}")
+        if self.temporal_loss < 0:
+            raise ValueError(f"DiffusionConfig.temporal_loss must be ≥ 0, got {self.temporal_loss}")
         if self.rescale_betas_zero_snr and self.prediction == "epsilon":
             raise ValueError(
                 "rescale_betas_zero_snr=True needs prediction='v_prediction' or 'sample': at zero terminal SNR "
@@ -429,8 +437,13 @@ class GaussianDiffusion:
         nll = mean_flat(nll) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    def training_losses(self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor,
+                        moving: Optional[Tensor] = None) -> dict[str, Tensor]:
         """Per-sample training losses from the network's raw output.
+
+        ``moving`` (B,) bool marks the samples of a video batch that are real clips; the others (motion-free
+        pseudo-videos, GenTron's joint training) hold no motion, so ``temporal_loss`` leaves them out rather
+        than upweighting their per-frame noise. None: every video sample is a clip.
 
         Returns ``loss`` (what to ``.mean()`` and backprop), ``mse`` (unweighted), ``weight`` (the MSE
         weight, ones unless Min-SNR) and, with ``learn_sigma``, ``vb`` (the term added to the loss) and
@@ -468,6 +481,11 @@ class GaussianDiffusion:
             dy, dx = pixel_differences(residual)
             edges = 0.5 * (mean_flat(dy**2) + mean_flat(dx**2))
             out["loss"] = out["loss"] + self.config.gradient_loss * weight * edges
+        if self.config.temporal_loss > 0 and residual.dim() == 5:  # (B, C, T, H, W)
+            changes = mean_flat((residual - residual.mean(dim=2, keepdim=True)) ** 2)
+            if moving is not None:
+                changes = changes * moving.to(changes)
+            out["loss"] = out["loss"] + self.config.temporal_loss * weight * changes
         if var_values is not None:
             frozen = torch.cat([pred.detach(), var_values], dim=1)  # stop-grad: vb trains only σ
             vlb = self.vlb_terms(frozen, x0, x_t, t)

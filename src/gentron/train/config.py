@@ -62,6 +62,7 @@ class DiffusionSection:
     logit_std: float = 1.0
     multiscale_loss: list = field(default_factory=list)  # pooling factors, e.g. [8, 16]: adds the pooled residual's MSE
     gradient_loss: float = 0.0  # weight of an added MSE on the residual's pixel differences (edges, silhouettes)
+    temporal_loss: float = 0.0  # videos: weight of an added MSE on the residual minus its mean over frames (motion)
 
 
 @dataclass

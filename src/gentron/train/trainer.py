@@ -88,6 +88,7 @@ def diffusion_config(cfg: RunConfig) -> DiffusionConfig:
         logit_std=d.logit_std,
         multiscale_loss=d.multiscale_loss,  # normalised to a tuple of ints by DiffusionConfig
         gradient_loss=d.gradient_loss,
+        temporal_loss=d.temporal_loss,
     )
 
 
@@ -816,6 +817,7 @@ class Trainer:
             else:
                 text = self.text_conditioning(captions, ids, drop)
             x_t = self.diffusion.q_sample(x0, t, noise)
+            motion_free = video_motion_free(self, micro)
             with self._sync_context(micro):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
@@ -825,9 +827,10 @@ class Trainer:
                         encoder_attention_mask=tuple(e.mask for e in text),
                         pooled_projections=tuple(e.pooled for e in text),
                         added_cond_kwargs=self.micro_conditions(idx),
-                        motion_free=video_motion_free(self, micro),
+                        motion_free=motion_free,
                     ).sample
-                losses = self.diffusion.training_losses(out.float(), x0, x_t, t, noise)
+                losses = self.diffusion.training_losses(out.float(), x0, x_t, t, noise,
+                                                        moving=None if motion_free is None else ~motion_free)
                 loss = losses["loss"].mean()
                 (loss / cfg.train.grad_accum).backward()
             total = total + loss.detach() / cfg.train.grad_accum
