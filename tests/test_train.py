@@ -86,6 +86,7 @@ def test_diffusion_section_reaches_the_training_objective():
     assert (d.timestep_sampling, d.logit_mean, d.logit_std) == ("logit_normal", 0.5, 1.0)
     assert diffusion_config(load_config(None, ["diffusion.multiscale_loss=[8, 16]"])).multiscale_loss == (8, 16)
     assert diffusion_config(load_config(None, ["diffusion.gradient_loss=2.0"])).gradient_loss == 2.0
+    assert diffusion_config(load_config(None, ["diffusion.temporal_loss=4"])).temporal_loss == 4.0
     with pytest.raises(ValueError, match="timestep_sampling"):
         diffusion_config(load_config(None, ["diffusion.timestep_sampling=lognormal"]))
 
@@ -527,3 +528,18 @@ def test_training_flops_match_dit_paper_and_count_temporal_attention():
     assert training_flops_per_sample(image, [24]) > one  # longer text, more cross-attention work
     clip = training_flops_per_sample(video, [12], num_frames=8)
     assert 8 * one < clip < 8 * one * 1.5
+
+
+def test_cpu_peak_for_mfu_counts_native_bf16(monkeypatch):
+    """The rough CPU peak doubles under bf16 autocast only where the CPU has bf16 dot products; else the demo's
+    bf16 runs reported an MFU above 100 %."""
+    import gentron.train.trainer as T
+
+    cpu = torch.device("cpu")
+    fp32 = T.peak_flops_per_device(cpu)
+    assert fp32 == torch.get_num_threads() * 2.5e9 * 32
+    for native, factor in ((True, 2), (False, 1)):
+        monkeypatch.setattr(T, "cpu_has_native_bf16", lambda: native)
+        assert T.peak_flops_per_device(cpu, autocast_dtype=torch.bfloat16) == factor * fp32
+        assert T.peak_flops_per_device(cpu, autocast_dtype=None) == fp32
+    assert T.peak_flops_per_device(cpu, peak_tflops=3.0, autocast_dtype=torch.bfloat16) == 3e12
