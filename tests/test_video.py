@@ -488,6 +488,8 @@ def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, t
     sets = ["video.num_frames=4", "video.num=8", "train.batch_size=4", "sample.steps=1"]
     result = demo.run_video_demo(tmp_path, minutes=0.05, overrides=sets, eval_prompts=2)
     assert result["init_from"] == str(tmp_path / "run") and result["t2v_steps"] >= 1
+    t2v_config = yaml.safe_load((tmp_path / "t2v" / "config.yaml").read_text())
+    assert t2v_config["diffusion"]["temporal_loss"] == 4.0  # the demo's T2V objective weighs motion errors
     assert set(result["motion_guidance_sweep"]) == {"1.0", "1.15", "1.3"}
     merged = json.loads((tmp_path / "report.json").read_text())
     assert merged["accuracy"]["color"] == 0.5 and set(demo.VIDEO_ACCURACY_KEYS) <= set(merged["accuracy"])
