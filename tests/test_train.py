@@ -79,6 +79,32 @@ def test_lr_schedules_warm_up_hold_and_decay(shapes_data, tmp_path):
         load_config(None, ["train.lr_schedule=wsd", "train.lr_decay_fraction=0"])
 
 
+def test_reserve_steps_keeps_the_time_of_measured_steps_free(shapes_data, tmp_path, monkeypatch):
+    """`train.reserve_steps` stops a time-bounded run that many of its own measured steps before `max_minutes` (the
+    video demo keeps its evaluation's time this way); start-up steps are not measured."""
+    from gentron.train import trainer as trainer_module
+    from gentron.train.trainer import StepTimeReserve
+
+    clock = [1000.0]
+    monkeypatch.setattr(trainer_module.time, "time", lambda: clock[0])
+    reserve = StepTimeReserve(100, first_step=20)
+    kept = []
+    for step in range(21, 36):
+        clock[0] += 3.0 if step <= 25 else 0.5  # slow start-up steps, then 0.5 s a step
+        kept.append(reserve.seconds(step))
+    assert kept[:9] == [0.0] * 9  # steps 21-29: warm-up, then five steps of measurement
+    assert kept[9:] == [pytest.approx(50.0)] * 6  # 100 steps of 0.5 s, the start-up not counted
+    assert StepTimeReserve(0, first_step=0).seconds(50) == 0.0
+    monkeypatch.undo()
+
+    steps = ["train.steps=60", "train.log_every=1", "train.checkpoint_every=0", "train.max_minutes=30"]
+    summary = make_trainer(shapes_data, tmp_path / "reserved", steps + ["train.reserve_steps=1e9"]).fit()
+    assert summary["stopped_early"] == "time budget" and summary["steps"] == 2 * StepTimeReserve.WARMUP
+    assert make_trainer(shapes_data, tmp_path / "full", steps[:1] + ["train.max_minutes=30"]).fit()["steps"] == 60
+    with pytest.raises(ConfigError, match="reserve_steps"):
+        load_config(None, ["train.reserve_steps=-1"])
+
+
 def test_diffusion_section_reaches_the_training_objective():
     from gentron.train.trainer import diffusion_config
 

@@ -490,6 +490,8 @@ def test_video_demo_continues_the_image_demo_and_extends_its_report(video_run, t
     assert result["init_from"] == str(tmp_path / "run") and result["t2v_steps"] >= 1
     t2v_config = yaml.safe_load((tmp_path / "t2v" / "config.yaml").read_text())
     assert t2v_config["diffusion"]["temporal_loss"] == 4.0  # the demo's T2V objective weighs motion errors
+    # the evaluation's time is kept in the stage's own steps: 2 prompts x 3 values of λ_M, at 1 of 20 sampling steps
+    assert t2v_config["train"]["reserve_steps"] == pytest.approx(demo.VIDEO_EVAL_STEPS_PER_CLIP * 2 * 3 / 20)
     assert set(result["motion_guidance_sweep"]) == {"1.0", "1.15", "1.3"}
     merged = json.loads((tmp_path / "report.json").read_text())
     assert merged["accuracy"]["color"] == 0.5 and set(demo.VIDEO_ACCURACY_KEYS) <= set(merged["accuracy"])

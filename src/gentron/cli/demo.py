@@ -433,6 +433,13 @@ seen in training), {report['sampler']} {report['steps']} steps, guidance {report
 VIDEO_DEMO_MINUTES = 15.0  # the T2V stage's whole budget (data, fine-tuning, evaluation), after the image demo
 MOTION_GUIDANCE_SWEEP = (1.0, 1.15, 1.3)  # λ_M values evaluated (GenTron Eq. 6; 1.0 = plain CFG, motion on)
 VIDEO_ACCURACY_KEYS = {"motion_direction", "temporal_consistency", "frame_color", "frame_shape"}
+# The λ_M sweep's evaluation (and the stage's final checkpoint and report) costs about VIDEO_EVAL_STEPS_PER_CLIP of the
+# stage's own training steps per clip sampled: 3.1-3.3 on the Zen 4 (1.1-1.5 min at 0.28-0.38 s/step, bf16) and on the
+# AVX2 EPYC (2.6 min at 0.68 s/step, fp32), 3.8 on a slow AVX2 day (4.5 min at 1.0 s/step). The T2V stage stops that
+# many of its measured steps before its budget (`train.reserve_steps`) and keeps VIDEO_EVAL_FIXED_MIN besides. The
+# fixed 2.95 min kept before left ~1.5 min idle on the Zen 4 and overran the 15 minutes by 1.6 on that slow day.
+VIDEO_EVAL_STEPS_PER_CLIP = 4.0
+VIDEO_EVAL_FIXED_MIN = 0.25
 
 
 def video_demo_overrides(out: Path, minutes: float) -> list[str]:
@@ -504,11 +511,14 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     sets = video_demo_overrides(out, budget) + [f"video.init_from={init_from}", f"train.device={device}"]
     cfg = load_config(base, sets + list(overrides or []))
     cfg.data.path = locate_run_path(cfg.data.path, Path(init_from))  # the image half of the joint batches
-    reserve = 0.85 * len(sweep) + 0.4  # minutes for the λ_M sweep and the report (measured: 2.7 min on 2 cores)
+    # the evaluation's time in training steps (the per-clip cost was measured at 20 sampling steps)
+    cfg.train.reserve_steps = VIDEO_EVAL_STEPS_PER_CLIP * eval_prompts * len(sweep) * cfg.sample.steps / 20
+    reserve = VIDEO_EVAL_FIXED_MIN
     processes = demo_processes(processes, device, cfg.train.batch_size)
     # the trainer generates the clips on first use; the stage's time starts once they and the captions are ready
-    summary = train_stage(cfg, out / "t2v", StageBudget(t0, budget, reserve),
-                          f"T2V fine-tuning (--video) from {init_from}", processes)
+    label = (f"T2V fine-tuning (--video) from {init_from} (ending {cfg.train.reserve_steps:.0f} measured steps early: "
+             f"the evaluation's time)")
+    summary = train_stage(cfg, out / "t2v", StageBudget(t0, budget, reserve), label, processes)
 
     pipe = load_pipeline(str(out / "t2v"), device=str(resolve_device(cfg.train.device)))
     reports = {}

@@ -108,6 +108,9 @@ class TrainSection:
     keep_checkpoints: int = 2
     sample_every: int = 0  # 0 = only at the end
     max_minutes: float = 0.0  # stop cleanly after this wall time (0 = no limit)
+    # stop this many of the run's own measured steps before max_minutes ends, to keep that time for work that
+    # follows and costs in proportion to a step (an evaluation: `gentron demo --video`); 0 = train to the end
+    reserve_steps: float = 0.0
     threads: int = 0  # torch CPU threads (0 = torch default)
     # -- scale-out (docs/training-at-scale.md); batch_size is per process under torchrun --
     parallel: str = "none"  # none | ddp | fsdp (FSDP2 fully_shard per block + root); needs torchrun for >1 process
@@ -313,6 +316,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {cfg.train.precision!r}")
     if cfg.train.lr_schedule not in ("constant", "cosine", "wsd"):
         raise ConfigError(f"train.lr_schedule must be constant, cosine or wsd, got {cfg.train.lr_schedule!r}")
+    if cfg.train.reserve_steps < 0:
+        raise ConfigError(f"train.reserve_steps must be ≥ 0, got {cfg.train.reserve_steps}")
     if not 0 < cfg.train.lr_decay_fraction <= 1:
         raise ConfigError(f"train.lr_decay_fraction must be in (0, 1], got {cfg.train.lr_decay_fraction}")
     if cfg.sample.sampler not in ("dpm", "ddim", "ddpm", "sa"):

@@ -895,6 +895,7 @@ class Trainer:
         t_bar0 = t_last
         pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         deadline = self.start_time + cfg.train.max_minutes * 60 if cfg.train.max_minutes > 0 else None
+        reserve = StepTimeReserve(cfg.train.reserve_steps, self.step)
         # A run bounded by time whose step cap is out of reach (the demo: 100000 steps, 15 min) shows its time
         # budget; the step count goes in the postfix.
         by_time = deadline is not None and cfg.train.steps - self.step > 10 * cfg.train.max_minutes * 60
@@ -918,7 +919,7 @@ class Trainer:
                         pbar.update(1)
                     # every rank must agree to stop (signal to one rank, or wall-clock budget)
                     flag = 1.0 if self._stop_requested else 0.0
-                    if deadline is not None and time.time() > deadline:
+                    if deadline is not None and time.time() + reserve.seconds(self.step) > deadline:
                         flag = max(flag, 0.5)
                     if self.ctx.enabled:  # one collective for both: the stop flag and the schedule's clock
                         flag, self._agreed_elapsed = D.all_reduce_max(
@@ -1115,6 +1116,30 @@ def peak_flops_per_device(device: torch.device, peak_tflops: float = 0.0,
         return 0.0
     bf16 = autocast_dtype == torch.bfloat16 and cpu_has_native_bf16()
     return torch.get_num_threads() * 2.5e9 * 32 * (2 if bf16 else 1)
+
+
+class StepTimeReserve:
+    """``train.reserve_steps``: the time of that many of this run's own steps, kept free before ``max_minutes`` ends.
+
+    Why: what follows a time-bounded run (the video demo's evaluation) costs about a fixed number of training steps
+    on any machine, so a fixed number of minutes is too much on a fast CPU and too little on a slow one (it overran
+    the 15-minute video demo by 1.6 min on the AVX2 EPYC). The step time is the mean from the WARMUP-th step of this
+    ``fit`` on, so start-up costs do not count; until then nothing is reserved."""
+
+    WARMUP = 5
+
+    def __init__(self, steps: float, first_step: int):
+        self.steps, self.first_step = float(steps), first_step
+        self._start: Optional[tuple[int, float]] = None  # (step, time) where the measurement starts
+
+    def seconds(self, step: int) -> float:
+        """Seconds to keep free, called once per step with the step count reached."""
+        if self.steps <= 0 or step < self.first_step + self.WARMUP:
+            return 0.0
+        if self._start is None:
+            self._start = (step, time.time())
+        done = step - self._start[0]
+        return self.steps * (time.time() - self._start[1]) / done if done >= self.WARMUP else 0.0
 
 
 def peak_memory_gib(device: torch.device) -> float:
