@@ -103,6 +103,8 @@ def test_reserve_steps_keeps_the_time_of_measured_steps_free(shapes_data, tmp_pa
     assert make_trainer(shapes_data, tmp_path / "full", steps[:1] + ["train.max_minutes=30"]).fit()["steps"] == 60
     with pytest.raises(ConfigError, match="reserve_steps"):
         load_config(None, ["train.reserve_steps=-1"])
+    with pytest.raises(ConfigError, match="reserve_steps.*decay"):  # a decay timed on max_minutes would not finish
+        load_config(None, ["train.reserve_steps=10", "train.max_minutes=5", "train.lr_schedule=wsd"])
 
 
 def test_diffusion_section_reaches_the_training_objective():

@@ -17,17 +17,15 @@ import json
 from collections import Counter
 from typing import Optional
 
-DIRECTIONS = ("right", "left", "up", "down")
+from gentron.data.shapes import MOTION_PHRASES
+
+DIRECTIONS = tuple(MOTION_PHRASES)  # right, left, up, down
 STILL = "still"
 
 
 def captioned_direction(prompt: str) -> Optional[str]:
     """The motion word of a one-object moving-shapes caption ("a red circle moving to the right" → "right")."""
-    for phrase, direction in (("moving to the right", "right"), ("moving to the left", "left"),
-                              ("moving up", "up"), ("moving down", "down")):
-        if phrase in prompt:
-            return direction
-    return None
+    return next((direction for direction, phrase in MOTION_PHRASES.items() if phrase in prompt), None)
 
 
 def confusion(reports: list[dict]) -> Counter:

@@ -64,7 +64,10 @@ EVAL_FIXED_S = 10.0
 
 
 def eval_reserve_minutes(seconds_per_step: float) -> float:
-    """Minutes the mixed stage leaves for the evaluation and the report, from the relations stage's step time."""
+    """Minutes the mixed stage leaves for the evaluation and the report, from the relations stage's step time.
+
+    Fixed before the stage starts, not measured in it (`train.reserve_steps`, as ``demo --video`` does): the mixed
+    stage's wsd schedule decays over its last minutes, so it must know when it ends."""
     return 0.25 + 1.25 * (EVAL_TRAIN_STEPS * seconds_per_step + EVAL_FIXED_S) / 60
 
 
@@ -513,12 +516,11 @@ def run_video_demo(out: Path, minutes: Optional[float] = None, device: str = "au
     cfg.data.path = locate_run_path(cfg.data.path, Path(init_from))  # the image half of the joint batches
     # the evaluation's time in training steps (the per-clip cost was measured at 20 sampling steps)
     cfg.train.reserve_steps = VIDEO_EVAL_STEPS_PER_CLIP * eval_prompts * len(sweep) * cfg.sample.steps / 20
-    reserve = VIDEO_EVAL_FIXED_MIN
     processes = demo_processes(processes, device, cfg.train.batch_size)
     # the trainer generates the clips on first use; the stage's time starts once they and the captions are ready
     label = (f"T2V fine-tuning (--video) from {init_from} (ending {cfg.train.reserve_steps:.0f} measured steps early: "
              f"the evaluation's time)")
-    summary = train_stage(cfg, out / "t2v", StageBudget(t0, budget, reserve), label, processes)
+    summary = train_stage(cfg, out / "t2v", StageBudget(t0, budget, VIDEO_EVAL_FIXED_MIN), label, processes)
 
     pipe = load_pipeline(str(out / "t2v"), device=str(resolve_device(cfg.train.device)))
     reports = {}

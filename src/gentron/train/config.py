@@ -318,6 +318,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr_schedule must be constant, cosine or wsd, got {cfg.train.lr_schedule!r}")
     if cfg.train.reserve_steps < 0:
         raise ConfigError(f"train.reserve_steps must be ≥ 0, got {cfg.train.reserve_steps}")
+    if cfg.train.reserve_steps > 0 and cfg.train.max_minutes > 0 and cfg.train.lr_schedule != "constant":
+        raise ConfigError(f"train.reserve_steps stops a run before max_minutes, where the {cfg.train.lr_schedule!r} "
+                          "lr schedule ends its decay: use lr_schedule=constant, or no reserve")
     if not 0 < cfg.train.lr_decay_fraction <= 1:
         raise ConfigError(f"train.lr_decay_fraction must be in (0, 1], got {cfg.train.lr_decay_fraction}")
     if cfg.sample.sampler not in ("dpm", "ddim", "ddpm", "sa"):
