@@ -89,10 +89,12 @@ def _worker(data: str, out: str) -> None:
     run("fsdp_resumed", "fsdp", STEPS // 2, extra=ac)
     run("fsdp_resumed", "fsdp", STEPS, resume="auto", extra=ac)
 
-    # A wall-clock budget with an lr that decays by wall time (the demo's wsd): every rank must read the same clock,
-    # or each optimizer applies its own lr and the replicas drift apart.
+    # A wall-clock budget with an lr that decays by wall time (the demo's wsd) and ends before a reserve of measured
+    # steps: every rank must read the same clock and the same reserve, or each optimizer applies its own lr and the
+    # replicas drift apart.
     timed = ["train.batch_size=4", "train.parallel=ddp", "train.steps=100000", "train.max_minutes=0.05",
-             "train.lr_schedule=wsd", "train.lr_decay_fraction=1.0", "train.warmup_steps=0", "train.checkpoint_every=0"]
+             "train.lr_schedule=wsd", "train.lr_decay_fraction=1.0", "train.warmup_steps=0", "train.checkpoint_every=0",
+             "train.reserve_steps=5"]
     t = Trainer(load_config(None, tiny_overrides(data) + BASE + timed), out_dir / "timed", log=lambda s: None,
                 show_progress=False)
     t.start_time = time.time()  # each rank its own start, as processes that finished loading at different times
@@ -165,7 +167,8 @@ def test_two_process_resume_is_bit_identical(two_process_runs, name):
 
 
 def test_ranks_of_a_time_budgeted_run_share_one_clock(two_process_runs):
-    """With `max_minutes` the lr schedule runs on wall time; both ranks' replicas stay bit-identical."""
+    """With `max_minutes` (and `reserve_steps`) the lr schedule runs on wall time; both ranks' replicas stay
+    bit-identical."""
     a, b = (_weights(two_process_runs / f"timed.rank{r}.safetensors") for r in (0, 1))
     assert a.keys() == b.keys()
     for k in a:

@@ -103,8 +103,31 @@ def test_reserve_steps_keeps_the_time_of_measured_steps_free(shapes_data, tmp_pa
     assert make_trainer(shapes_data, tmp_path / "full", steps[:1] + ["train.max_minutes=30"]).fit()["steps"] == 60
     with pytest.raises(ConfigError, match="reserve_steps"):
         load_config(None, ["train.reserve_steps=-1"])
-    with pytest.raises(ConfigError, match="reserve_steps.*decay"):  # a decay timed on max_minutes would not finish
-        load_config(None, ["train.reserve_steps=10", "train.max_minutes=5", "train.lr_schedule=wsd"])
+
+
+def test_a_decay_timed_on_max_minutes_ends_where_the_reserve_stops_the_run(shapes_data, tmp_path, monkeypatch):
+    """With `train.reserve_steps` the wsd decay runs on the time left before the reserve, so the lr reaches lr_min at
+    the step where the run stops early (the image demo's last stage), not where max_minutes would end."""
+    from gentron.train import trainer as trainer_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(trainer_module.time, "time", lambda: clock[0])
+    real_step = trainer_module.Trainer.train_step
+
+    def one_second_step(self):
+        clock[0] += 1.0
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", one_second_step)
+    sets = ["train.steps=1000", "train.log_every=1", "train.checkpoint_every=0", "train.max_minutes=1",
+            "train.warmup_steps=0", "train.lr=1e-3", "train.lr_min=0", "train.lr_schedule=wsd",
+            "train.lr_decay_fraction=0.5"]
+    summary = make_trainer(shapes_data, tmp_path / "wsd", sets + ["train.reserve_steps=20"]).fit()
+    records = [json.loads(line) for line in (tmp_path / "wsd" / "metrics.jsonl").read_text().splitlines()]
+    # 1 s a step: it stops when 20 more steps would pass the 60 s budget, after ~40 steps
+    assert summary["stopped_early"] == "time budget" and 38 <= summary["steps"] <= 42
+    assert records[-1]["lr"] < 0.1e-3  # decayed to (almost) lr_min at the stop; timed on 60 s it would be ~0.65e-3
+    assert records[len(records) // 3]["lr"] == pytest.approx(1e-3)  # the stable phase is kept before the decay
 
 
 def test_diffusion_section_reaches_the_training_objective():

@@ -55,20 +55,14 @@ TOKEN_CONV_MINUTES = 10.0
 # is kept.
 LATE_CONV_GAIN = 1.0
 PLAIN_MIX = RELATIONS_MODEL + ["train.lr_schedule=constant", "train.keep_checkpoints=1"]
-# The held-out evaluation (240 prompts, DPM-Solver 20 steps, CFG) costs about as much as EVAL_TRAIN_STEPS training
-# steps of the demo model plus EVAL_FIXED_S of loading and scoring: 26 s predicted / 25 s measured on the Zen 4 (bf16),
-# 38 / 39 s on the AVX2 EPYC (fp32). The mixed stage keeps 1.25x that plus 15 s for it, instead of a fixed 1.5 min
-# that left ~1 min of a 15-minute demo unused on both machines.
-EVAL_TRAIN_STEPS = 100
-EVAL_FIXED_S = 10.0
-
-
-def eval_reserve_minutes(seconds_per_step: float) -> float:
-    """Minutes the mixed stage leaves for the evaluation and the report, from the relations stage's step time.
-
-    Fixed before the stage starts, not measured in it (`train.reserve_steps`, as ``demo --video`` does): the mixed
-    stage's wsd schedule decays over its last minutes, so it must know when it ends."""
-    return 0.25 + 1.25 * (EVAL_TRAIN_STEPS * seconds_per_step + EVAL_FIXED_S) / 60
+# The held-out evaluation (240 prompts, DPM-Solver 20 steps, CFG), loading its pipeline and writing the report cost
+# about as much as a number of the last stage's own training steps plus a fixed part, so the last stage stops
+# EVAL_RESERVE_STEPS of its measured steps early (`train.reserve_steps`; its wsd decay ends there) and keeps
+# EVAL_RESERVE_FIXED_MIN besides. Measured after training (s/step of the stage -> seconds): 0.159 -> 25 on the Zen 4
+# (bf16), 0.28 -> 39 and 0.41 -> 70 on the AVX2 EPYC (fp32); the reserve keeps 15 s more than each. Until session
+# 33 the reserve was predicted from the relations stage's step time and undershot a slow day by 8 s (15.1 minutes).
+EVAL_RESERVE_STEPS = 150
+EVAL_RESERVE_FIXED_MIN = 0.45
 
 
 def late_token_conv_config(cfg, sets: list[str], plain_minutes: float, left_minutes: float):
@@ -217,8 +211,8 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
             print(f"gentron demo: replacing the previous demo run in {out / old}")
             shutil.rmtree(out / old)
     # Training gets what is left after data generation and caption encoding, minus a reserve for sampling 240
-    # evaluation prompts and writing the report: fixed until the relations stage has measured the step time, then
-    # `eval_reserve_minutes` of it (0.35-0.65 min of evaluation on 2 cores).
+    # evaluation prompts and writing the report. The relations stage's cap assumes a fixed one; the last stage of a
+    # short demo keeps EVAL_RESERVE_STEPS of its own measured steps plus EVAL_RESERVE_FIXED_MIN.
     reserve = 1.5 if total <= 30 else 3.0
     relations_steps = RELATIONS_STEPS if relations_steps is None else relations_steps
     processes = demo_processes(processes, device, cfg.train.batch_size)
@@ -231,11 +225,11 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
         stages.append(("relations", out / "relations",
                        train_stage(cfg_rel, out / "relations", budget, label, processes,
                                    whitening=whitening_captions(cfg))))
-        rel = stages[-1][2]
-        resume = rel["checkpoint"]
-        if total <= 30 and rel["steps"] > 0:  # a long demo keeps its fixed reserve
-            reserve = eval_reserve_minutes(60 * rel["minutes"] / rel["steps"])
-            print(f"gentron demo: {reserve:.2f} min kept for the evaluation (from the relations stage's step time)")
+        resume = stages[-1][2]["checkpoint"]
+    if total <= 30:  # a long demo keeps the fixed 3 minutes its targets were measured with
+        reserve = EVAL_RESERVE_FIXED_MIN
+        if not any(s.startswith("train.reserve_steps=") for s in sets):
+            cfg.train.reserve_steps = EVAL_RESERVE_STEPS
     mix_budget = StageBudget(t0, total, reserve)
     if cfg.model.overrides.get("mlp_token_conv") and mix_budget.minutes(time.time()) > 1.5 * TOKEN_CONV_MINUTES:
         cfg_plain = load_config(recipe_path(), sets + PLAIN_MIX)
@@ -248,6 +242,8 @@ def run_demo(out: Path, minutes: Optional[float] = None, device: str = "auto",
     label = "stage 2 (full mix): training" if stages else "training"
     if stages and stages[-1][0] == "mix-plain":
         label = "stage 2b (full mix): the token conv joins, lr decays"
+    if cfg.train.reserve_steps > 0:
+        label += f" (ending {cfg.train.reserve_steps:.0f} measured steps early for the evaluation)"
     stages.append(("mix", out / "run", train_stage(cfg, out / "run", mix_budget, label, processes, resume=resume)))
     summary = stages[-1][2]
 

@@ -109,7 +109,8 @@ class TrainSection:
     sample_every: int = 0  # 0 = only at the end
     max_minutes: float = 0.0  # stop cleanly after this wall time (0 = no limit)
     # stop this many of the run's own measured steps before max_minutes ends, to keep that time for work that
-    # follows and costs in proportion to a step (an evaluation: `gentron demo --video`); 0 = train to the end
+    # follows and costs in proportion to a step (an evaluation: `gentron demo`); a schedule timed on max_minutes
+    # ends its decay there. 0 = train to the end
     reserve_steps: float = 0.0
     threads: int = 0  # torch CPU threads (0 = torch default)
     # -- scale-out (docs/training-at-scale.md); batch_size is per process under torchrun --
@@ -318,9 +319,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr_schedule must be constant, cosine or wsd, got {cfg.train.lr_schedule!r}")
     if cfg.train.reserve_steps < 0:
         raise ConfigError(f"train.reserve_steps must be ≥ 0, got {cfg.train.reserve_steps}")
-    if cfg.train.reserve_steps > 0 and cfg.train.max_minutes > 0 and cfg.train.lr_schedule != "constant":
-        raise ConfigError(f"train.reserve_steps stops a run before max_minutes, where the {cfg.train.lr_schedule!r} "
-                          "lr schedule ends its decay: use lr_schedule=constant, or no reserve")
     if not 0 < cfg.train.lr_decay_fraction <= 1:
         raise ConfigError(f"train.lr_decay_fraction must be in (0, 1], got {cfg.train.lr_decay_fraction}")
     if cfg.sample.sampler not in ("dpm", "ddim", "ddpm", "sa"):

@@ -396,6 +396,7 @@ class Trainer:
         self._nonfinite_longest = torch.zeros((), dtype=torch.long, device=self.device)
         self.start_time = time.time()
         self._agreed_elapsed = 0.0  # multi-process runs: the slowest rank's clock at the last step (see `elapsed_s`)
+        self._time_reserved = 0.0  # seconds `train.reserve_steps` keeps free at the end (all ranks agree; see `lr_at`)
         self._stop_requested = False
         if resume:
             self._resume(resume)
@@ -614,7 +615,9 @@ class Trainer:
         ``lr_min`` over the last ``lr_decay_fraction`` of training).
 
         With ``max_minutes`` the schedule runs on whichever comes first, steps or wall time, so a
-        time-budgeted run (the demo) still ends at ``lr_min`` on a slower machine.
+        time-budgeted run (the demo) still ends at ``lr_min`` on a slower machine. The time it runs on ends where
+        the run will stop: ``max_minutes`` less the seconds ``train.reserve_steps`` keeps free, as measured so far,
+        so a decay still finishes when the run stops early for that reserve.
         """
         tc = self.cfg.train
         lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
@@ -622,7 +625,7 @@ class Trainer:
             return lr
         progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
         if tc.max_minutes > 0:
-            progress = max(progress, self.elapsed_s() / (tc.max_minutes * 60))
+            progress = max(progress, self.elapsed_s() / max(tc.max_minutes * 60 - self._time_reserved, 1e-9))
         progress = min(progress, 1.0)
         if tc.lr_schedule == "cosine":
             return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * progress))
@@ -919,11 +922,13 @@ class Trainer:
                         pbar.update(1)
                     # every rank must agree to stop (signal to one rank, or wall-clock budget)
                     flag = 1.0 if self._stop_requested else 0.0
-                    if deadline is not None and time.time() + reserve.seconds(self.step) > deadline:
+                    kept = reserve.seconds(self.step)
+                    if deadline is not None and time.time() + kept > deadline:
                         flag = max(flag, 0.5)
-                    if self.ctx.enabled:  # one collective for both: the stop flag and the schedule's clock
-                        flag, self._agreed_elapsed = D.all_reduce_max(
-                            torch.tensor([flag, time.time() - self.start_time], dtype=torch.float64), self.ctx).tolist()
+                    if self.ctx.enabled:  # one collective for all three: the stop flag and the schedule's clock
+                        flag, self._agreed_elapsed, kept = D.all_reduce_max(torch.tensor(
+                            [flag, time.time() - self.start_time, kept], dtype=torch.float64), self.ctx).tolist()
+                    self._time_reserved = kept
                     self._stop_requested = flag >= 1.0
                     out_of_time = 0.0 < flag < 1.0
                     last = self.step >= cfg.train.steps
@@ -1124,7 +1129,8 @@ class StepTimeReserve:
     Why: what follows a time-bounded run (the video demo's evaluation) costs about a fixed number of training steps
     on any machine, so a fixed number of minutes is too much on a fast CPU and too little on a slow one (it overran
     the 15-minute video demo by 1.6 min on the AVX2 EPYC). The step time is the mean from the WARMUP-th step of this
-    ``fit`` on, so start-up costs do not count; until then nothing is reserved."""
+    ``fit`` on, so start-up costs do not count; until then nothing is reserved. A schedule timed on ``max_minutes``
+    ends where the reserve begins (`Trainer.lr_at`)."""
 
     WARMUP = 5
 
