@@ -338,11 +338,10 @@ def _shape_gap(result: dict) -> str:
                 + f"; {PLURALS.get(worst, worst)} are what is missing")
     return (f"Shape ({result['steps']} steps here{here}). Crosses are the last shape the model learns to draw, and "
             "two of the six held-out colour-shape pairs are crosses. Shape rises with optimizer steps: with this "
-            "recipe 15 minutes on a 2-core Zen 4 with native bf16 reached 0.75-0.79 at 1500 + 3.5k-3.7k steps and "
-            "0.625 at 1500 + 2.7k, and "
-            "`--minutes 60` (1500 + 21k-23k steps) 0.94-0.98, while a 2-core AVX2 CPU without bf16 trained 1500 + 1.0k "
-            "steps in 15 minutes (shape 0.375-0.396; README); more steps (a longer `--minutes`, or `--device cuda`) are "
-            "what raises it.")
+            "recipe 15 minutes on a 2-core Zen 4 with native bf16 reached 0.79-0.94 at 1500 + 3.5k-5.3k steps, and "
+            "`--minutes 60` (1500 + 19k-23k steps) 0.94-0.98, while a 2-core AVX2 CPU without bf16 (fp32) trains "
+            "only 1500 + 0.3k-0.5k steps in 15 minutes (shape 0.17-0.19; README); more steps (a longer `--minutes`, "
+            "or `--device cuda`) are what raises it.")
 
 
 def _spatial_gap(result: dict) -> str:
