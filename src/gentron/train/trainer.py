@@ -925,7 +925,7 @@ class Trainer:
                     kept = reserve.seconds(self.step)
                     if deadline is not None and time.time() + kept > deadline:
                         flag = max(flag, 0.5)
-                    if self.ctx.enabled:  # one collective for all three: the stop flag and the schedule's clock
+                    if self.ctx.enabled:  # one collective: the stop flag, the schedule's clock, the reserve
                         flag, self._agreed_elapsed, kept = D.all_reduce_max(torch.tensor(
                             [flag, time.time() - self.start_time, kept], dtype=torch.float64), self.ctx).tolist()
                     self._time_reserved = kept
@@ -1126,7 +1126,7 @@ def peak_flops_per_device(device: torch.device, peak_tflops: float = 0.0,
 class StepTimeReserve:
     """``train.reserve_steps``: the time of that many of this run's own steps, kept free before ``max_minutes`` ends.
 
-    Why: what follows a time-bounded run (the video demo's evaluation) costs about a fixed number of training steps
+    Why: what follows a time-bounded run (the demos' evaluations) costs about a fixed number of training steps
     on any machine, so a fixed number of minutes is too much on a fast CPU and too little on a slow one (it overran
     the 15-minute video demo by 1.6 min on the AVX2 EPYC). The step time is the mean from the WARMUP-th step of this
     ``fit`` on, so start-up costs do not count; until then nothing is reserved. A schedule timed on ``max_minutes``
