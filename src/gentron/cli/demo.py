@@ -340,7 +340,7 @@ def _shape_gap(result: dict) -> str:
             "two of the six held-out colour-shape pairs are crosses. Shape rises with optimizer steps: with this "
             "recipe 15 minutes on a 2-core Zen 4 with native bf16 reached 0.79-0.94 at 1500 + 3.5k-5.3k steps, and "
             "`--minutes 60` (1500 + 19k-23k steps) 0.94-0.98, while a 2-core AVX2 CPU without bf16 (fp32) trains "
-            "only 1500 + 0.3k-0.5k steps in 15 minutes (shape 0.17-0.19; README); more steps (a longer `--minutes`, "
+            "only 1500 + 0.3k-0.7k steps in 15 minutes (shape 0.17-0.33; README); more steps (a longer `--minutes`, "
             "or `--device cuda`) are what raises it.")
 
 
