@@ -80,8 +80,8 @@ def test_lr_schedules_warm_up_hold_and_decay(shapes_data, tmp_path):
 
 
 def test_reserve_steps_keeps_the_time_of_measured_steps_free(shapes_data, tmp_path, monkeypatch):
-    """`train.reserve_steps` stops a time-bounded run that many of its own measured steps before `max_minutes` (the
-    video demo keeps its evaluation's time this way); start-up steps are not measured."""
+    """`train.reserve_steps` stops a time-bounded run that many of its own measured steps before `max_minutes` (both
+    demos keep their evaluation's time this way); start-up steps are not measured."""
     from gentron.train import trainer as trainer_module
     from gentron.train.trainer import StepTimeReserve
 
